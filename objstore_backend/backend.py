@@ -1,0 +1,206 @@
+"""The Airflow adapter: one class for both deployment modes.
+
+* **offload** (``[workers] state_store_backend = objstore_backend.ObjectStoreBackend``): the
+  task process calls the ``serialize_*_to_ref`` / ``deserialize_*_from_ref`` hooks; the
+  value goes to the bucket, Airflow's DB keeps a reference and its own expiry. Offload
+  objects carry no expiry: Airflow does not tell the hook the retention, and guessing one
+  would delete ``NEVER_EXPIRE`` values the DB still points at.
+* **primary** (``[state_store] backend = objstore_backend.ObjectStoreBackend``): the API
+  server calls ``get``/``set``/``delete``/``clear``; the value and its ``expires_at`` live in
+  the bucket and nothing in the DB.
+
+This is the only module that imports Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
+from objstore_backend.config import KEYS, SECTION, StoreSettings
+from objstore_backend.errors import StateObjectMissingError
+from objstore_backend.layout import object_path, parse, scope_prefix
+from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
+
+try:  # the server side only accepts subclasses of the core ABC; workers use the SDK's copy
+    from airflow.state import BaseStoreBackend as _CoreBase
+except ImportError:  # a worker image with the task SDK alone
+    _CoreBase = None
+from airflow.sdk.state import BaseStoreBackend as _SdkBase
+
+if TYPE_CHECKING:
+    import fsspec
+
+__all__ = ["INLINE_REF_PREFIX", "OBJECT_REF_PREFIX", "ObjectStoreBackend", "settings_from_airflow"]
+
+logger = logging.getLogger(__name__)
+
+#: A reference to an object, relative to the base path, so a bucket can move.
+OBJECT_REF_PREFIX = "objstore:"
+#: A value under ``threshold_bytes``, kept in the DB reference itself.
+INLINE_REF_PREFIX = "inline:"
+_WRAPPED_REF_KEY = "__airflow_state_ref__"
+_WRAPPED_REF_START = b'{"' + _WRAPPED_REF_KEY.encode()
+
+_Bases: tuple[type, ...] = (
+    (_SdkBase,) if _CoreBase is None or _CoreBase is _SdkBase else (_CoreBase, _SdkBase)
+)
+
+
+def settings_from_airflow() -> StoreSettings:
+    """Read ``[objstore_backend]`` from Airflow's config (airflow.cfg or env vars)."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        from airflow.sdk.configuration import conf
+    return StoreSettings.from_mapping({key: conf.get(SECTION, key, fallback="") for key in KEYS})
+
+
+class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
+    """Airflow task and asset state in object storage, one JSON object per key.
+
+    Airflow constructs it with no arguments: the settings then come from airflow.cfg.
+    Pass :class:`~objstore_backend.config.StoreSettings` (and optionally a ready fsspec
+    ``filesystem``) to construct it in plain Python.
+    """
+
+    def __init__(
+        self, settings: StoreSettings | None = None, *, filesystem: fsspec.AbstractFileSystem | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else settings_from_airflow()
+        url, options = self.settings.resolve() if filesystem is None else (self.settings.path, {})
+        self.store = ObjectStore(url, options, filesystem=filesystem)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.store.url!r})"
+
+    # -- primary mode: the API server's calls ------------------------------------------
+
+    def _primary_write(self, scope: Any, key: str, value: str, expires_at: datetime | None) -> tuple:
+        """What a ``set`` writes: (path, body, metadata), or the ref to adopt."""
+        body = validate_json_text(value)
+        path = object_path(scope, key)
+        if body.startswith(_WRAPPED_REF_START) and self._own_ref(body) == path:
+            # Both modes configured: the worker already wrote the value at this very path and
+            # hands the server its reference. Writing the reference over it would lose the
+            # value; adopt the object instead, with the expiry Airflow gives.
+            return path, None, ObjectMetadata("offload", expires_at, adopted=True)
+        return path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at)
+
+    @staticmethod
+    def _own_ref(body: bytes) -> str | None:
+        document = decode_json(body)
+        ref = document.get(_WRAPPED_REF_KEY) if isinstance(document, dict) and len(document) == 1 else None
+        if isinstance(ref, str) and ref.startswith(OBJECT_REF_PREFIX):
+            return ref[len(OBJECT_REF_PREFIX) :]
+        return None
+
+    @staticmethod
+    def _primary_answer(found: StoredObject | None) -> str | None:
+        """What a ``get`` returns for the object read: expired means gone."""
+        if found is None or found.metadata.is_expired():
+            return None
+        return found.body.decode("utf-8")
+
+    def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
+        # docstring inherited
+        path = object_path(scope, key)
+        return self._primary_answer(self._adopted_as_ref(path, self.store.read(path)))
+
+    def set(
+        self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
+    ) -> None:
+        # docstring inherited
+        path, body, metadata = self._primary_write(scope, key, value, expires_at)
+        if body is None:
+            self._check_adopted(path, self.store.restamp(path, metadata))
+        else:
+            self.store.write(path, body, metadata)
+
+    def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
+        # docstring inherited
+        self.store.delete(object_path(scope, key))
+
+    def clear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
+        # docstring inherited
+        self.store.clear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
+
+    async def aget(self, scope: Any, key: str, *, session: Any = None) -> str | None:
+        # docstring inherited
+        path = object_path(scope, key)
+        return self._primary_answer(self._adopted_as_ref(path, await self.store.aread(path)))
+
+    async def aset(
+        self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
+    ) -> None:
+        # docstring inherited
+        path, body, metadata = self._primary_write(scope, key, value, expires_at)
+        if body is None:
+            self._check_adopted(path, await self.store.arestamp(path, metadata))
+        else:
+            await self.store.awrite(path, body, metadata)
+
+    async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
+        # docstring inherited
+        await self.store.adelete(object_path(scope, key))
+
+    async def aclear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
+        # docstring inherited
+        await self.store.aclear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
+
+    # -- both modes at once: the server adopts the worker's object -----------------------
+
+    def _check_adopted(self, path: str, restamped: bool) -> None:
+        if not restamped:
+            raise StateObjectMissingError(
+                f"the worker's reference points at {self.store.display_path(path)}, which is missing"
+            )
+
+    def _adopted_as_ref(self, path: str, found: StoredObject | None) -> StoredObject | None:
+        """An adopted object answers with the worker's reference, which the worker resolves."""
+        if found is None or not found.metadata.adopted:
+            return found
+        wrapped = encode_json({_WRAPPED_REF_KEY: OBJECT_REF_PREFIX + path})
+        return StoredObject(wrapped, found.metadata)
+
+    # -- offload mode: the worker's hooks ---------------------------------------------------
+
+    def _to_ref(self, value: Any, key: str, scope: Any) -> str:
+        body = encode_json(value)
+        if len(body) < self.settings.threshold_bytes:
+            return INLINE_REF_PREFIX + body.decode("utf-8")
+        path = object_path(scope, key)
+        self.store.write(path, compress(body, self.settings.compression), ObjectMetadata("offload"))
+        return OBJECT_REF_PREFIX + path
+
+    def _from_ref(self, stored: str) -> Any:
+        if stored.startswith(INLINE_REF_PREFIX):
+            return decode_json(stored[len(INLINE_REF_PREFIX) :])
+        path = stored[len(OBJECT_REF_PREFIX) :] if stored.startswith(OBJECT_REF_PREFIX) else None
+        if path is None or parse(path) is None:
+            raise ValueError(f"not a state reference written by objstore-backend: {stored[:200]!r}")
+        found = self.store.read(path)
+        if found is None:
+            raise StateObjectMissingError(
+                f"Airflow references state object {self.store.display_path(path)}, which is missing "
+                "(deleted by hand, by a bucket lifecycle rule, or written to another base path)"
+            )
+        return decode_json(found.body)
+
+    def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:
+        # docstring inherited
+        return self._to_ref(value, key, scope)
+
+    def deserialize_task_state_store_from_ref(self, stored: str) -> Any:
+        # docstring inherited
+        return self._from_ref(stored)
+
+    def serialize_asset_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:
+        # docstring inherited
+        return self._to_ref(value, key, scope)
+
+    def deserialize_asset_state_store_from_ref(self, stored: str) -> Any:
+        # docstring inherited
+        return self._from_ref(stored)

@@ -1,0 +1,144 @@
+"""The ``objstore-backend`` command: look inside a state store without Airflow.
+
+In primary mode the Airflow UI and REST API cannot show state values (they read the metadata
+DB, where primary mode writes nothing); ``ls`` and ``get`` show them from the bucket.
+Settings come from flags, else ``OBJSTORE_BACKEND_<KEY>``, else Airflow's
+``AIRFLOW__OBJSTORE_BACKEND__<KEY>`` env vars, else the embedded default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from objstore_backend import __version__
+from objstore_backend.config import StoreSettings
+from objstore_backend.errors import CorruptObjectError
+from objstore_backend.layout import parse
+from objstore_backend.store import ObjectStore
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--path",
+        help="base URL of the store (default: $OBJSTORE_BACKEND_PATH, "
+        "$AIRFLOW__OBJSTORE_BACKEND__PATH, else $AIRFLOW_HOME/state_store)",
+    )
+    parser.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options as a JSON object (e.g. an endpoint_url)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="objstore-backend",
+        description="Inspect and maintain an Airflow state store kept in object storage.",
+        epilog="Exit status: 0 success, 1 an operation failed, 2 bad usage or settings.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = commands.add_parser(
+        "ls",
+        help="list stored keys with their mode, expiry and size",
+        description="List the keys under the base path (or under --prefix), one line each.",
+        epilog="example: objstore-backend ls --path s3://bucket/airflow/state/ --prefix task/my_dag/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _store_options(ls)
+    ls.add_argument("--prefix", default="", help="only keys under this path (relative to the base)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_ls)
+
+    get = commands.add_parser(
+        "get",
+        help="print one stored value",
+        description="Print the JSON value stored at PATH (as `ls` shows it) and, with -m, its metadata.",
+        epilog="example: objstore-backend get task/my_dag/manual__2026-01-01/extract/-1/job_id",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _store_options(get)
+    get.add_argument("object_path", metavar="PATH", help="the key's path relative to the base")
+    get.add_argument("-m", "--metadata", action="store_true", help="also print mode and expiry")
+    get.set_defaults(func=cmd_get)
+    return parser
+
+
+def open_store(args: argparse.Namespace) -> ObjectStore:
+    settings = StoreSettings.from_env(path=args.path, storage_options=args.storage_options)
+    return ObjectStore(*settings.resolve())
+
+
+def _describe(store: ObjectStore, path: str, size: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "bytes": size}
+    location = parse(path)
+    if location is None:
+        return {**entry, "mode": "foreign"}
+    try:
+        metadata = store.head(path)
+    except CorruptObjectError:
+        return {**entry, "mode": "unreadable"}
+    if metadata is None:  # deleted since the listing
+        return {**entry, "mode": "gone"}
+    expires = metadata.expires_at.isoformat() if metadata.expires_at else None
+    return {**entry, "mode": metadata.mode, "expires_at": expires, "expired": metadata.is_expired()}
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = (_describe(store, listed.path, listed.size) for listed in store.iter_objects(args.prefix))
+    for row in rows:
+        if args.json:
+            print(orjson.dumps(row).decode())
+        else:
+            expiry = row.get("expires_at") or ("never" if row["mode"] in ("primary", "offload") else "-")
+            flag = " (expired)" if row.get("expired") else ""
+            print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    found = store.read(args.object_path)
+    if found is None:
+        print(f"objstore-backend: no object at {store.display_path(args.object_path)}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.metadata:
+        expires = found.metadata.expires_at.isoformat() if found.metadata.expires_at else "never"
+        print(f"# mode={found.metadata.mode} expires_at={expires} expired={found.metadata.is_expired()}")
+    print(orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad settings
+        print(f"objstore-backend: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"objstore-backend: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

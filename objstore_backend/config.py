@@ -1,0 +1,135 @@
+"""The store's settings: one frozen value, checked when it is made, read from any source.
+
+Inside Airflow they come from the ``[objstore_backend]`` section of airflow.cfg (so also
+``AIRFLOW__OBJSTORE_BACKEND__<KEY>`` env vars), read by :mod:`objstore_backend.backend`;
+the GC and audit commands take them from flags or ``OBJSTORE_BACKEND_<KEY>`` env vars,
+without Airflow installed.
+
+=================  ===========================================================================
+key                meaning
+=================  ===========================================================================
+path               base URL (``s3://bucket/prefix/``, ``gs://...``, a local directory). An
+                   Airflow connection id in the user part, ``s3://aws_default@bucket/prefix/``,
+                   supplies credentials inside Airflow. Empty: ``$AIRFLOW_HOME/state_store``.
+storage_options    JSON object passed to the fsspec filesystem (e.g. ``{"endpoint_url": ...}``).
+threshold_bytes    offload mode: values whose JSON is smaller stay inline in Airflow's DB
+                   reference and cost no request. 0 (default) always offloads.
+compression        ``none`` (default) or ``gzip``; readers recognise either whatever is set.
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from objstore_backend.codec import COMPRESSIONS
+
+__all__ = ["ENV_PREFIX", "SECTION", "StoreSettings", "embedded_default_path", "split_connection_id"]
+
+SECTION = "objstore_backend"
+ENV_PREFIX = "OBJSTORE_BACKEND_"
+AIRFLOW_ENV_PREFIX = f"AIRFLOW__{SECTION.upper()}__"
+KEYS = ("path", "storage_options", "threshold_bytes", "compression")
+
+
+def embedded_default_path() -> str:
+    """A directory under ``AIRFLOW_HOME``: zero set-up, like Airflow's SQLite default."""
+    home = os.environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow")
+    return os.path.join(home, "state_store")
+
+
+def split_connection_id(url: str) -> tuple[str | None, str]:
+    """``s3://conn@bucket/p`` -> ``("conn", "s3://bucket/p")``; plain URLs pass through."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return None, url
+    conn_id, _, host = parts.netloc.rpartition("@")
+    return conn_id or None, urlunsplit(parts._replace(netloc=host))
+
+
+def _parse_storage_options(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if raw in (None, ""):
+        return {}
+    try:
+        options = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got {raw!r}: {exc}") from exc
+    if not isinstance(options, dict):
+        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got {raw!r}")
+    return options
+
+
+def _parse_threshold(raw: Any) -> int:
+    try:
+        threshold = int(raw or 0)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"[{SECTION}] threshold_bytes must be a whole number of bytes, got {raw!r}") from exc
+    if threshold < 0:
+        raise ValueError(f"[{SECTION}] threshold_bytes must be >= 0, got {threshold}")
+    return threshold
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where and how state is stored. Checked at construction: a bad setting fails at once."""
+
+    path: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    threshold_bytes: int = 0
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", self.path or embedded_default_path())
+        object.__setattr__(self, "storage_options", _parse_storage_options(self.storage_options))
+        object.__setattr__(self, "threshold_bytes", _parse_threshold(self.threshold_bytes))
+        compression = (self.compression or "none").lower()
+        if compression not in COMPRESSIONS:
+            raise ValueError(
+                f"[{SECTION}] compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
+        object.__setattr__(self, "compression", compression)
+
+    def resolve(self) -> tuple[str, dict[str, Any]]:
+        """The plain fsspec URL and storage options, a connection id resolved to credentials.
+
+        A connection id needs Airflow (its hooks hold the credentials), the way
+        ``ObjectStoragePath`` resolves one; the explicit ``storage_options`` win over it.
+        """
+        conn_id, url = split_connection_id(self.path)
+        if conn_id is None:
+            return url, dict(self.storage_options)
+        try:
+            from airflow.sdk.io.fs import get_fs
+        except ImportError as exc:
+            raise ValueError(
+                f"[{SECTION}] path {self.path!r} names the Airflow connection {conn_id!r}, which needs "
+                "Airflow installed; outside Airflow give the credentials in storage_options instead"
+            ) from exc
+        resolved = get_fs(url.split("://", 1)[0], conn_id).storage_options
+        return url, {**resolved, **self.storage_options}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StoreSettings:
+        """From raw strings as a config file or the environment holds them; blanks are unset."""
+        return cls(**{key: values[key] for key in KEYS if values.get(key) not in (None, "")})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreSettings:
+        """From ``OBJSTORE_BACKEND_<KEY>``, else Airflow's ``AIRFLOW__OBJSTORE_BACKEND__<KEY>``.
+
+        For the commands, which run without Airflow; ``overrides`` (flags) win when not None.
+        """
+        environ = os.environ if environ is None else environ
+        values = {
+            key: environ.get(ENV_PREFIX + key.upper()) or environ.get(AIRFLOW_ENV_PREFIX + key.upper())
+            for key in KEYS
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.from_mapping(values)

@@ -1,0 +1,26 @@
+"""The errors this package raises, in one place.
+
+Each subclasses the built-in exception a caller would already catch (``FileNotFoundError``,
+``PermissionError``, ``ValueError``, ``OSError``) and keeps the store's own error as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BucketNotFoundError", "CorruptObjectError", "StateObjectMissingError", "StoreError"]
+
+
+class StoreError(OSError):
+    """An object store request failed for good (after the retries the client allows)."""
+
+
+class BucketNotFoundError(StoreError, FileNotFoundError):
+    """The base path's bucket does not exist: nothing can be read or written."""
+
+
+class StateObjectMissingError(StoreError, FileNotFoundError):
+    """Airflow holds a reference to a state object that is not in the store."""
+
+
+class CorruptObjectError(StoreError, ValueError):
+    """An object under the base path is not a state object this package wrote."""

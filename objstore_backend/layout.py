@@ -1,0 +1,206 @@
+"""Where each (scope, key) lives: the object layout, both ways.
+
+::
+
+    task/{dag_id}/{run_id}/{task_id}/{map_index}/{key}
+    task/{dag_id}/{run_id}/region={region_id}/{task_id}/{map_index}/{key}   (Airflow 3.4 regions)
+    asset/id/{asset_id}/{key}
+    asset/name/{name}/{key}
+    asset/uri/{uri}/{key}
+
+Paths here are relative to the store's base path. Every id and key is one escaped segment,
+so no id can leave its prefix or collide with another, and every prefix ends in ``/`` so
+clearing task ``t`` never touches ``t2``, nor map index ``1`` index ``10``. The GC and the
+audit parse paths back with :func:`parse`; what does not parse is foreign and never deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from urllib.parse import quote, unquote
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "MAX_SEGMENT_BYTES",
+    "Location",
+    "ScopeKind",
+    "decode_segment",
+    "encode_segment",
+    "object_path",
+    "parse",
+    "scope_prefix",
+]
+
+LAYOUT_VERSION = 1
+
+#: An escaped segment longer than this is replaced by a readable stem and a hash. The
+#: bound keeps every path under the 1024-byte key limit of S3 and GCS (five variable
+#: segments plus the fixed ones and a base prefix of up to :data:`MAX_BASE_KEY_BYTES`) and
+#: every file name under the 255-byte limit of local filesystems.
+MAX_SEGMENT_BYTES = 160
+MAX_BASE_KEY_BYTES = 150
+
+# Characters left as they are; everything else, "~" included, is percent-encoded, so a
+# "~" in a segment can only come from hashing and an escaped segment is pure ASCII.
+_SAFE = "-_."
+_EMPTY = "%"  # quote() never writes a lone "%": it is free to stand for the empty string
+_HASHED = re.compile(r"^[A-Za-z0-9%._-]*~[0-9a-f]{64}$")
+_STEM_BYTES = 48
+
+
+class ScopeKind(str, Enum):
+    """The namespace an object belongs to: its first path segments."""
+
+    TASK = "task"
+    ASSET_ID = "asset/id"
+    ASSET_NAME = "asset/name"
+    ASSET_URI = "asset/uri"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A path parsed back into its scope kind, ids and key.
+
+    ``ids`` are the decoded scope ids in path order (for a task: dag_id, run_id, [region],
+    task_id, map_index). An id too long to keep whole stays in its hashed form.
+    """
+
+    kind: ScopeKind
+    ids: tuple[str, ...]
+    key: str
+
+    @property
+    def dag_id(self) -> str | None:
+        return self.ids[0] if self.kind is ScopeKind.TASK else None
+
+
+def encode_segment(value: str) -> str:
+    """Escape one id or key into a path segment that is injective, ASCII and bounded."""
+    if not isinstance(value, str):
+        raise TypeError(f"state store ids and keys must be str, got {type(value).__name__}: {value!r}")
+    if value == "":
+        return _EMPTY
+    escaped = quote(value, safe=_SAFE).replace("~", "%7E")  # quote() keeps "~"; hashing owns it
+    if escaped.strip(".") == "":  # "." and ".." would walk the tree
+        escaped = escaped.replace(".", "%2E")
+    if len(escaped) <= MAX_SEGMENT_BYTES:
+        return escaped
+    stem = escaped[:_STEM_BYTES]
+    stem = stem[: stem.rfind("%")] if "%" in stem[-2:] else stem  # never cut a %XX in half
+    return f"{stem}~{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def decode_segment(segment: str) -> str:
+    """Reverse :func:`encode_segment`; a hashed segment is returned as it is written."""
+    if segment == _EMPTY:
+        return ""
+    if _HASHED.match(segment):
+        return segment
+    if "~" in segment or "/" in segment or not segment:
+        raise ValueError(f"not a segment of this layout: {segment!r}")
+    decoded = unquote(segment, errors="strict")
+    if encode_segment(decoded) != segment:  # not canonical: written by someone else
+        raise ValueError(f"not a segment of this layout: {segment!r}")
+    return decoded
+
+
+def _region_segment(scope: Any) -> list[str]:
+    """Airflow 3.4's ``TaskScope.region_id``: part of the identity when set and non-zero."""
+    region = getattr(scope, "region_id", None)
+    if region is None or getattr(region, "int", region) in (0, "", None):
+        return []
+    return [f"region={encode_segment(str(region))}"]
+
+
+def _is_task_scope(scope: Any) -> bool:
+    # Duck-typed: Airflow ships two TaskScope classes (task SDK and core), both accepted.
+    return hasattr(scope, "dag_id") and hasattr(scope, "task_id")
+
+
+def _map_index(scope: Any) -> str:
+    map_index = scope.map_index
+    if isinstance(map_index, bool) or not isinstance(map_index, int):
+        raise TypeError(f"map_index must be an int, got {type(map_index).__name__}: {map_index!r}")
+    return str(map_index)
+
+
+def _asset_prefix(scope: Any) -> list[str]:
+    asset_id = getattr(scope, "asset_id", None)
+    name = getattr(scope, "name", None)
+    uri = getattr(scope, "uri", None)
+    if asset_id is not None:
+        if isinstance(asset_id, bool) or not isinstance(asset_id, int):
+            raise TypeError(f"asset_id must be an int, got {type(asset_id).__name__}: {asset_id!r}")
+        return ["asset", "id", str(asset_id)]
+    if name is not None:
+        return ["asset", "name", encode_segment(name)]
+    if uri is not None:
+        return ["asset", "uri", encode_segment(uri)]
+    raise ValueError(f"an asset scope needs an asset_id, a name or a uri: {scope!r}")
+
+
+def _task_prefix(scope: Any) -> list[str]:
+    return [
+        "task",
+        encode_segment(scope.dag_id),
+        encode_segment(scope.run_id),
+        *_region_segment(scope),
+        encode_segment(scope.task_id),
+    ]
+
+
+def scope_prefix(scope: Any, *, all_map_indices: bool = False) -> str:
+    """The prefix (ending in ``/``) holding every key of ``scope``.
+
+    For a task scope, ``all_map_indices`` widens it to every map index of the task.
+    """
+    if _is_task_scope(scope):
+        parts = _task_prefix(scope)
+        if not all_map_indices:
+            parts.append(_map_index(scope))
+    else:
+        parts = _asset_prefix(scope)
+    return "/".join(parts) + "/"
+
+
+def object_path(scope: Any, key: str) -> str:
+    """The path of one key, relative to the base path."""
+    return scope_prefix(scope) + encode_segment(key)
+
+
+_ASSET_KINDS = {"id": ScopeKind.ASSET_ID, "name": ScopeKind.ASSET_NAME, "uri": ScopeKind.ASSET_URI}
+
+
+def parse(path: str) -> Location | None:
+    """Parse a relative path back into its :class:`Location`; ``None`` if it is foreign."""
+    parts = path.split("/")
+    try:
+        if parts[0] == "task" and len(parts) in (6, 7):
+            ids = parts[1:-1]
+            if len(parts) == 7:  # with a region segment before the task id
+                if not ids[2].startswith("region="):
+                    return None
+                ids[2] = "region=" + decode_segment(ids[2][len("region=") :])
+            if not re.fullmatch(r"-?[0-9]+", ids[-1]) or str(int(ids[-1])) != ids[-1]:
+                return None
+            decoded = tuple(
+                seg if i == len(ids) - 1 or seg.startswith("region=") else decode_segment(seg)
+                for i, seg in enumerate(ids)
+            )
+            return Location(ScopeKind.TASK, decoded, decode_segment(parts[-1]))
+        if parts[0] == "asset" and len(parts) == 4 and parts[1] in _ASSET_KINDS:
+            kind = _ASSET_KINDS[parts[1]]
+            if kind is ScopeKind.ASSET_ID:
+                if not re.fullmatch(r"-?[0-9]+", parts[2]) or str(int(parts[2])) != parts[2]:
+                    return None
+                scope_id = parts[2]
+            else:
+                scope_id = decode_segment(parts[2])
+            return Location(kind, (scope_id,), decode_segment(parts[3]))
+    except ValueError:
+        return None
+    return None

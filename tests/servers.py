@@ -1,0 +1,98 @@
+"""Real servers for the tests: moto's S3 server behind a request-counting WSGI layer.
+
+Counting happens on the server side, so the counts are the requests that really crossed the
+wire (retries included), whatever the client library does.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.moto_server.threaded_moto_server import MotoRequestHandler
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+
+class QuietRequestHandler(MotoRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RequestLog:
+    """What reached the server: one entry per request, as ``(method, path, query)``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, str, str]] = []
+
+    def record(self, method: str, path: str, query: str) -> None:
+        with self._lock:
+            self.requests.append((method, path, query))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def snapshot(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self.requests)
+
+    def count(self) -> int:
+        return len(self.snapshot())
+
+    def by_kind(self) -> Counter[str]:
+        """Requests by S3 operation-ish kind: ``GET``, ``PUT``, ``LIST``, ``DELETE``, ``BATCH-DELETE``..."""
+        kinds: Counter[str] = Counter()
+        for method, path, query in self.snapshot():
+            if method == "GET" and ("list-type" in query or path.count("/") <= 1 and "prefix" in query):
+                kinds["LIST"] += 1
+            elif method == "POST" and "delete" in query:
+                kinds["BATCH-DELETE"] += 1
+            else:
+                kinds[method] += 1
+        return kinds
+
+
+class CountingMotoServer:
+    """moto's S3 server on a free loopback port, every request logged."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.log = RequestLog()
+        self.before_request: Callable[[dict[str, Any]], tuple[int, bytes] | None] | None = None
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            "127.0.0.1", self.port, self._wrap(app), threaded=True, request_handler=QuietRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _wrap(self, app: Callable) -> Callable:
+        def counting_app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if not path.startswith("/moto-api"):
+                self.log.record(environ["REQUEST_METHOD"], path, environ.get("QUERY_STRING", ""))
+            return app(environ, start_response)
+
+        return counting_app
+
+    def start(self) -> CountingMotoServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=5)

@@ -1,0 +1,201 @@
+"""The backend inside real Airflow 3.3 task runs: ``airflow dags test`` on SQLite, offline.
+
+The example DAG (examples/dags/objstore_state_demo.py) stores a job id, fails on try 1 and
+reattaches on try 2, writes keys with the default retention, one hour and NEVER_EXPIRE, maps a
+task over three items and advances an asset watermark. Each test runs it in one deployment mode
+and checks what landed in the bucket and in Airflow's metadata DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from objstore_backend.layout import parse
+from objstore_backend.store import ObjectStore
+
+pytestmark = pytest.mark.airflow
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "examples" / "dags"
+DAG_ID = "objstore_state_demo"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+RETENTION_DAYS = 3
+BACKEND = "objstore_backend.ObjectStoreBackend"
+EXPECTED_TASK_KEYS = {
+    ("submit_job", "-1", "job_id"),
+    ("submit_job", "-1", "progress"),
+    ("submit_job", "-1", "submitted_by"),
+    ("process", "0", "done"),
+    ("process", "1", "done"),
+    ("process", "2", "done"),
+}
+
+
+def _airflow_env(home: Path, **config: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__STATE_STORE__DEFAULT_RETENTION_DAYS=str(RETENTION_DAYS),
+        **config,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite DB, copied for each run (migrating takes a while)."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    subprocess.run([AIRFLOW, "db", "migrate"], env=_airflow_env(home), check=True, capture_output=True)
+    return home / "airflow.db"
+
+
+def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_db, home / "airflow.db")
+    started = datetime.now(timezone.utc)
+    result = subprocess.run(
+        [AIRFLOW, "dags", "test", DAG_ID], env=_airflow_env(home, **config), capture_output=True, text=True
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "state=success" in output, output[-5000:]
+    assert "reattached to job-" in output and "on try 2" in output, output[-5000:]
+    return started.isoformat()
+
+
+def stored_objects(store: ObjectStore) -> dict[tuple[str, ...], Any]:
+    """Every object in the store by (scope kind, task or asset id, map index, key)."""
+    found = {}
+    for listed in store.iter_objects():
+        location = parse(listed.path)
+        assert location is not None, f"foreign object {listed.path}"
+        obj = store.read(listed.path)
+        if location.kind.value == "task":
+            found[(location.ids[2], location.ids[3], location.key)] = obj
+        else:
+            found[(location.kind.value, location.ids[0], location.key)] = obj
+    return found
+
+
+def db_rows(home: Path, table: str) -> list[sqlite3.Row]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed table names
+
+
+def _close_to(
+    moment: str | datetime | None, expected: datetime, slack: timedelta = timedelta(minutes=5)
+) -> bool:
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment is not None and abs(moment - expected) < slack
+
+
+def _assert_offload_landed(store: ObjectStore, home: Path) -> None:
+    objects = stored_objects(store)
+    assert set(objects) == EXPECTED_TASK_KEYS | {("asset/name", "orders", "watermark")}
+    assert all(obj.metadata.mode == "offload" and obj.metadata.expires_at is None for obj in objects.values())
+    assert orjson.loads(objects[("submit_job", "-1", "job_id")].body).startswith("job-manual__")
+    assert orjson.loads(objects[("process", "1", "done")].body) == [2]
+    assert orjson.loads(objects[("asset/name", "orders", "watermark")].body) == 100
+
+    now = datetime.now(timezone.utc)
+    rows = {(r["task_id"], str(r["map_index"]), r["key"]): r for r in db_rows(home, "task_state_store")}
+    assert set(rows) == EXPECTED_TASK_KEYS
+    for (task_id, map_index, key), row in rows.items():
+        ref = json.loads(row["value"])["__airflow_state_ref__"]
+        assert ref.startswith("objstore:task/") and ref.endswith(f"/{task_id}/{map_index}/{key}")
+    # Airflow keeps its own expiry beside the reference
+    assert _close_to(rows[("submit_job", "-1", "job_id")]["expires_at"], now + timedelta(days=RETENTION_DAYS))
+    assert _close_to(rows[("submit_job", "-1", "progress")]["expires_at"], now + timedelta(hours=1))
+    assert rows[("submit_job", "-1", "submitted_by")]["expires_at"] is None
+    [asset_row] = db_rows(home, "asset_state_store")
+    assert json.loads(asset_row["value"]) == {"__airflow_state_ref__": "objstore:asset/name/orders/watermark"}
+
+
+def test_offload_mode_on_s3_with_an_airflow_connection(
+    migrated_db: Path, tmp_path: Path, s3_bucket: str, moto_server: Any
+) -> None:
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_server.endpoint_url, "region_name": "us-east-1"},
+    }
+    run_demo(
+        migrated_db,
+        tmp_path / "home",
+        AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND,
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"s3://moto_s3@{s3_bucket}/airflow/state/",
+        AIRFLOW_CONN_MOTO_S3=json.dumps(connection),
+    )
+    store = ObjectStore(
+        f"s3://{s3_bucket}/airflow/state",
+        {"endpoint_url": moto_server.endpoint_url, "key": "testing", "secret": "testing"},
+    )
+    _assert_offload_landed(store, tmp_path / "home")
+
+
+def test_primary_mode_on_s3(
+    migrated_db: Path, tmp_path: Path, s3_bucket: str, s3_options: dict[str, Any]
+) -> None:
+    home = tmp_path / "home"
+    run_demo(
+        migrated_db,
+        home,
+        AIRFLOW__STATE_STORE__BACKEND=BACKEND,
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"s3://{s3_bucket}/airflow/state/",
+        AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS=json.dumps(s3_options),
+    )
+    objects = stored_objects(ObjectStore(f"s3://{s3_bucket}/airflow/state", s3_options))
+    [asset_key] = [k for k in objects if k[0] == "asset/id"]  # the server side knows the asset id
+    assert set(objects) == EXPECTED_TASK_KEYS | {asset_key} and asset_key[2] == "watermark"
+    assert all(obj.metadata.mode == "primary" for obj in objects.values())
+    now = datetime.now(timezone.utc)
+    assert _close_to(
+        objects[("submit_job", "-1", "job_id")].metadata.expires_at, now + timedelta(days=RETENTION_DAYS)
+    )
+    assert _close_to(objects[("submit_job", "-1", "progress")].metadata.expires_at, now + timedelta(hours=1))
+    assert objects[("submit_job", "-1", "submitted_by")].metadata.expires_at is None
+    assert objects[asset_key].metadata.expires_at is None
+    assert orjson.loads(objects[("process", "2", "done")].body) == [3]
+    assert orjson.loads(objects[asset_key].body) == 100
+    assert db_rows(home, "task_state_store") == [] and db_rows(home, "asset_state_store") == []
+
+
+def test_offload_mode_on_the_embedded_default(migrated_db: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run_demo(migrated_db, home, AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND)
+    _assert_offload_landed(ObjectStore(str(home / "state_store")), home)
+
+
+def test_both_modes_at_once_lose_nothing(migrated_db: Path, tmp_path: Path) -> None:
+    """The server is handed the worker's reference for the same key, and must not write it over the value."""
+    home = tmp_path / "home"
+    run_demo(
+        migrated_db,
+        home,
+        AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND,
+        AIRFLOW__STATE_STORE__BACKEND=BACKEND,
+    )
+    objects = stored_objects(ObjectStore(str(home / "state_store")))
+    assert EXPECTED_TASK_KEYS <= set(objects)
+    assert orjson.loads(objects[("submit_job", "-1", "job_id")].body).startswith("job-manual__")
+    assert orjson.loads(objects[("process", "0", "done")].body) == [1]
+    assert objects[("submit_job", "-1", "job_id")].metadata.adopted
+    assert db_rows(home, "task_state_store") == []

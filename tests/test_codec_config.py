@@ -1,0 +1,66 @@
+"""Strict JSON, compression detection, and settings checked when they are made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from objstore_backend.codec import compress, decompress, encode_json, validate_json_text
+from objstore_backend.config import StoreSettings, embedded_default_path, split_connection_id
+
+
+def test_encode_json_names_where_a_non_finite_float_hides() -> None:
+    with pytest.raises(ValueError, match=r"\$\['a'\]\[1\]"):
+        encode_json({"a": [None, float("-inf")]})
+    assert encode_json({"a": [None, 1.5]}) == b'{"a":[null,1.5]}'
+
+
+def test_validate_json_text_accepts_what_airflow_writes() -> None:
+    text = json.dumps({"a": [1, "ü", None]})
+    assert validate_json_text(text) == text.encode()
+
+
+def test_compression_round_trip_and_detection() -> None:
+    body = b'{"a": "' + b"x" * 1000 + b'"}'
+    packed = compress(body, "gzip")
+    assert len(packed) < len(body) and decompress(packed) == body
+    assert decompress(body) == body
+    with pytest.raises(ValueError, match="unknown compression 'zip'"):
+        compress(body, "zip")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"compression": "lz5"}, "compression must be one of none, gzip"),
+        ({"threshold_bytes": -1}, "threshold_bytes must be >= 0"),
+        ({"threshold_bytes": "ten"}, "threshold_bytes must be a whole number"),
+        ({"storage_options": "[1, 2]"}, "storage_options must be a JSON object"),
+        ({"storage_options": "{not json"}, "storage_options must be a JSON object"),
+    ],
+)
+def test_bad_settings_fail_at_construction_naming_the_key(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StoreSettings(path="memory://x", **settings)
+
+
+def test_settings_from_env_with_flags_winning(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    env = {
+        "AIRFLOW__OBJSTORE_BACKEND__PATH": "s3://airflow-cfg/p",
+        "AIRFLOW__OBJSTORE_BACKEND__COMPRESSION": "gzip",
+        "OBJSTORE_BACKEND_STORAGE_OPTIONS": '{"endpoint_url": "http://x"}',
+        "OBJSTORE_BACKEND_THRESHOLD_BYTES": "10",
+    }
+    settings = StoreSettings.from_env(env)
+    assert settings.path == "s3://airflow-cfg/p" and settings.compression == "gzip"
+    assert settings.storage_options == {"endpoint_url": "http://x"} and settings.threshold_bytes == 10
+    assert StoreSettings.from_env(env, path="gs://flag/p").path == "gs://flag/p"
+    assert StoreSettings.from_env({}).path == embedded_default_path() == str(tmp_path / "state_store")
+
+
+def test_connection_id_is_split_from_the_url() -> None:
+    assert split_connection_id("s3://aws_default@bucket/p/") == ("aws_default", "s3://bucket/p/")
+    assert split_connection_id("s3://bucket/p/") == (None, "s3://bucket/p/")
+    assert split_connection_id("/local/dir") == (None, "/local/dir")
