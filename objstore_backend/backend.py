@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
-from objstore_backend.errors import StateObjectMissingError
+from objstore_backend.errors import StateObjectMissingError, StoreError
 from objstore_backend.layout import object_path, parse, scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
@@ -149,6 +149,18 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
     async def aclear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
         # docstring inherited
         await self.store.aclear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
+
+    def cleanup(self) -> None:
+        """Run one GC sweep with this backend's settings: expired primary-mode objects go.
+
+        Offload objects are left alone here; the ``objstore-backend gc`` command reclaims them
+        when given read access to Airflow's metadata DB.
+        """
+        from objstore_backend.gc import run_gc
+
+        report = run_gc(self.store)
+        if report.errors:
+            raise StoreError(f"state store GC of {self.store.url} failed: {'; '.join(report.error_samples)}")
 
     # -- both modes at once: the server adopts the worker's object -----------------------
 

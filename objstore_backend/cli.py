@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import orjson
 
 from objstore_backend import __version__
-from objstore_backend.config import StoreSettings
+from objstore_backend.config import ENV_PREFIX, StoreSettings
 from objstore_backend.errors import CorruptObjectError
+from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
 from objstore_backend.layout import parse
 from objstore_backend.store import ObjectStore
 
@@ -75,7 +78,76 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("object_path", metavar="PATH", help="the key's path relative to the base")
     get.add_argument("-m", "--metadata", action="store_true", help="also print mode and expiry")
     get.set_defaults(func=cmd_get)
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete expired (and orphaned offload) objects",
+        description=(
+            "Sweep the store once: delete primary-mode objects whose expiry has passed and, with\n"
+            "--airflow-db, offload objects Airflow no longer references. Never deletes never-expiring,\n"
+            "unexpired, foreign or unreadable objects. Every flag can also be set as an env var\n"
+            f"{ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}SHARD=0/4)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  objstore-backend gc --path s3://bucket/airflow/state/ --dry-run\n"
+            "  objstore-backend gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64\n"
+            "  objstore-backend gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600\n"
+            "exit status: 0 all went well, 1 some read or delete failed (see errors), 2 bad usage"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _store_options(gc)
+    gc.add_argument("--dry-run", action="store_true", default=_env_flag("DRY_RUN"), help="delete nothing")
+    gc.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("CONCURRENCY", "32")),
+        help="requests in flight (default 32)",
+    )
+    gc.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=_env("SHARD", "0/1"),
+        metavar="I/N",
+        help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
+    )
+    gc.add_argument(
+        "--json",
+        action="store_true",
+        default=_env_flag("JSON"),
+        help="print the summary as one JSON object on the last line",
+    )
+    gc.add_argument(
+        "--airflow-db",
+        metavar="URL",
+        default=_env("AIRFLOW_DB"),
+        help="read-only SQLAlchemy URL of Airflow's metadata DB, to reclaim orphaned offload objects",
+    )
+    gc.add_argument(
+        "--offload-grace",
+        type=float,
+        default=float(_env("OFFLOAD_GRACE", "3600")),
+        metavar="SECONDS",
+        help="never reclaim an offload object younger than this (default 3600)",
+    )
+    gc.add_argument(
+        "--delete-mode",
+        choices=("batch", "single"),
+        default=_env("DELETE_MODE", "batch"),
+        help="batch: DeleteObjects with per-key ETag conditions (AWS S3, GCS); single: one "
+        "conditional delete per key, for S3-compatible servers that ignore batch conditions",
+    )
+    gc.set_defaults(func=cmd_gc)
     return parser
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes")
 
 
 def open_store(args: argparse.Namespace) -> ObjectStore:
@@ -122,6 +194,54 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(f"# mode={found.metadata.mode} expires_at={expires} expired={found.metadata.is_expired()}")
     print(orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2).decode())
     return EXIT_OK
+
+
+def _gc_options(args: argparse.Namespace) -> GCOptions:
+    reconciler = None
+    if args.airflow_db:
+        from objstore_backend.reconcile import AirflowDBReconciler
+
+        reconciler = AirflowDBReconciler(args.airflow_db)
+    return GCOptions(
+        dry_run=args.dry_run,
+        concurrency=args.concurrency,
+        shard=args.shard if isinstance(args.shard, tuple) else parse_shard(args.shard),
+        offload_grace=timedelta(seconds=args.offload_grace),
+        batched_deletes=args.delete_mode == "batch",
+        reconciler=reconciler,
+    )
+
+
+def _print_report(report: GCReport) -> None:
+    rows = [
+        (name, value)
+        for name, value in report.as_dict().items()
+        if name not in ("error_samples", "would_delete")
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    for path in report.would_delete:
+        print(f"would delete  {path}")
+    for sample in report.error_samples:
+        print(f"error  {sample}")
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    options = _gc_options(args)
+    bar = None
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"gc {store.url}", unit=" objects", file=sys.stderr)
+    report = run_gc(store, options, progress=bar.update if bar else None)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(orjson.dumps(report.as_dict()).decode())
+    else:
+        _print_report(report)
+    return EXIT_FAILED if report.errors else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "ScopeKind",
     "decode_segment",
     "encode_segment",
+    "is_hashed",
     "object_path",
     "parse",
     "scope_prefix",
@@ -78,6 +79,11 @@ class Location:
         return self.ids[0] if self.kind is ScopeKind.TASK else None
 
 
+def is_hashed(segment: str) -> bool:
+    """True for a segment too long to keep whole: its id cannot be recovered from the path."""
+    return _HASHED.match(segment) is not None
+
+
 def encode_segment(value: str) -> str:
     """Escape one id or key into a path segment that is injective, ASCII and bounded."""
     if not isinstance(value, str):
@@ -98,7 +104,7 @@ def decode_segment(segment: str) -> str:
     """Reverse :func:`encode_segment`; a hashed segment is returned as it is written."""
     if segment == _EMPTY:
         return ""
-    if _HASHED.match(segment):
+    if is_hashed(segment):
         return segment
     if "~" in segment or "/" in segment or not segment:
         raise ValueError(f"not a segment of this layout: {segment!r}")

@@ -103,8 +103,9 @@ class ListedObject:
 
     path: str  # relative to the store's base path
     size: int
-    version: str | None  # S3 ETag / GCS generation, for conditional deletes
+    version: str | None  # S3 ETag / GCS generation / local inode, for conditional deletes
     metadata: dict[str, str] | None
+    modified: datetime | None = None
 
 
 def format_time(moment: datetime) -> str:
@@ -147,11 +148,33 @@ class Transport(ABC):
         """The objects under ``prefix`` (which ends in ``/``), a page at a time, paths full."""
 
     @abstractmethod
-    async def delete_batch(self, fs: Any, paths: list[str]) -> list[tuple[str, str]]:
-        """Delete up to one page of objects in as few requests as the store allows.
+    async def delete_batch(
+        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+    ) -> list[tuple[str, str]]:
+        """Delete up to one page of ``(path, version)`` in as few requests as the store allows.
 
-        Returns the ``(path, reason)`` of every object that could not be deleted.
+        With a version, the delete happens only if the object is still that version (a key
+        rewritten since it was listed survives: reason :data:`CHANGED`). ``batched=False``
+        sends one conditional request per object, ``concurrency`` at a time, for servers that
+        ignore conditions inside batch requests. Returns ``(path, reason)`` for every object
+        not deleted; :data:`GONE` when it was already missing.
         """
+
+
+#: Reasons :meth:`Transport.delete_batch` gives for objects it did not delete that are no error.
+CHANGED = "changed since listed"
+GONE = "already gone"
+
+
+async def _bounded(concurrency: int, calls: list[Any]) -> list[Any]:
+    """Await the coroutines, at most ``concurrency`` at a time, results (or errors) in order."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(call: Any) -> Any:
+        async with semaphore:
+            return await call
+
+    return await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
 
 
 def _client_error_code(exc: BaseException) -> str | None:
@@ -228,23 +251,43 @@ class S3Transport(Transport):
             except FileNotFoundError as exc:
                 raise self._missing_bucket(exc, bucket) from exc
             yield [
-                ListedObject(f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None)
+                ListedObject(
+                    f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None, item["LastModified"]
+                )
                 for item in page.get("Contents", [])
             ]
             if not page.get("IsTruncated"):
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
-    async def delete_batch(self, fs: Any, paths: list[str]) -> list[tuple[str, str]]:
-        if not paths:
+    _REASONS = {"PreconditionFailed": CHANGED, "NoSuchKey": GONE}
+
+    async def _delete_if_match(self, fs: Any, path: str, etag: str | None) -> None:
+        bucket, key = self._split(fs, path)
+        await fs._call_s3("delete_object", Bucket=bucket, Key=key, **({"IfMatch": etag} if etag else {}))
+
+    async def delete_batch(
+        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+    ) -> list[tuple[str, str]]:
+        if not items:
             return []
-        bucket = self._split(fs, paths[0])[0]
-        objects = [{"Key": self._split(fs, p)[1]} for p in paths]
+        if not batched:
+            results = await _bounded(concurrency, [self._delete_if_match(fs, p, v) for p, v in items])
+            return [
+                (path, self._REASONS.get(_client_error_code(result) or "", repr(result)))
+                for (path, _), result in zip(items, results, strict=True)
+                if isinstance(result, Exception)
+            ]
+        bucket = self._split(fs, items[0][0])[0]
+        objects = [{"Key": self._split(fs, p)[1], **({"ETag": v} if v else {})} for p, v in items]
         response = await fs._call_s3(
             "delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True}
         )
         return [
-            (f"{bucket}/{err['Key']}", f"{err.get('Code')}: {err.get('Message')}")
+            (
+                f"{bucket}/{err['Key']}",
+                self._REASONS.get(err.get("Code"), f"{err.get('Code')}: {err.get('Message')}"),
+            )
             for err in response.get("Errors", [])
         ]
 
@@ -299,6 +342,7 @@ class GCSTransport(Transport):
                     int(item["size"]),
                     item.get("generation"),
                     item.get("metadata", {}),
+                    parse_time(item["updated"]) if "updated" in item else None,
                 )
                 for item in page.get("items", [])
             ]
@@ -306,13 +350,22 @@ class GCSTransport(Transport):
                 return
             token = {"pageToken": page["nextPageToken"]}
 
-    async def delete_batch(self, fs: Any, paths: list[str]) -> list[tuple[str, str]]:
-        failures = []
-        results = await fs._delete_files(paths, batchsize=100)
-        for path, result in zip(paths, results or [], strict=False):
-            if isinstance(result, Exception) and not isinstance(result, FileNotFoundError):
-                failures.append((path, repr(result)))
-        return failures
+    async def _delete_if_generation(self, fs: Any, path: str, generation: str | None) -> None:
+        bucket, key, _ = fs.split_path(path)
+        await fs._call(
+            "DELETE", "b/{}/o/{}", bucket, key, **({"ifGenerationMatch": generation} if generation else {})
+        )
+
+    async def delete_batch(
+        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+    ) -> list[tuple[str, str]]:
+        results = await _bounded(concurrency, [self._delete_if_generation(fs, p, v) for p, v in items])
+        reasons = {FileNotFoundError: GONE, FileExistsError: CHANGED}  # gcsfs: 404 and 412
+        return [
+            (path, reasons.get(type(result), repr(result)))
+            for (path, _), result in zip(items, results, strict=True)
+            if isinstance(result, Exception)
+        ]
 
 
 class EnvelopeTransport(Transport):
@@ -391,21 +444,33 @@ class EnvelopeTransport(Transport):
         for start in range(0, len(entries), S3_DELETE_BATCH):
             yield entries[start : start + S3_DELETE_BATCH]
 
-    async def delete_batch(self, fs: Any, paths: list[str]) -> list[tuple[str, str]]:
+    def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
+        self._delete(fs, path)
+        return None
+
+    def _delete_items(self, fs: Any, items: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
         failures = []
-        for path in paths:
+        for path, version in items:
             try:
-                await asyncio.to_thread(self._delete, fs, path)
+                reason = self._delete_if_unchanged(fs, path, version)
             except OSError as exc:
-                failures.append((path, repr(exc)))
+                reason = repr(exc)
+            if reason is not None:
+                failures.append((path, reason))
         return failures
+
+    async def delete_batch(
+        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+    ) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(self._delete_items, fs, items)
 
 
 class LocalTransport(EnvelopeTransport):
     """The local disk: atomic writes (temp file + rename) and a streamed listing."""
 
-    #: Temporary files carry this marker, which no escaped segment contains.
+    #: Temporary files start with "~", which no escaped segment does.
     TEMP_MARKER = "~tmp-"
+    GRAVE_MARKER = "~gc-"
 
     def _write(self, fs: Any, path: str, data: bytes) -> None:
         directory = os.path.dirname(path)
@@ -431,12 +496,36 @@ class LocalTransport(EnvelopeTransport):
         for directory, dirs, files in os.walk(prefix.rstrip("/") or "/"):
             dirs.sort()
             for name in sorted(files):
-                if name.startswith(self.TEMP_MARKER):
+                if name.startswith("~"):
                     continue
                 full = os.path.join(directory, name)
                 with _suppress_os_error():
-                    entries.append(ListedObject(full, os.stat(full).st_size, None, None))
+                    stat = os.stat(full)
+                    modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+                    entries.append(ListedObject(full, stat.st_size, self._version(stat), None, modified))
         return entries
+
+    @staticmethod
+    def _version(stat: os.stat_result) -> str:
+        return f"{stat.st_ino}:{stat.st_mtime_ns}"  # every write is a new file (temp + rename)
+
+    def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
+        """Move the file aside atomically, then delete it only if it is the version checked."""
+        if version is None:
+            self._delete(fs, path)
+            return None
+        grave = os.path.join(os.path.dirname(path), f"{self.GRAVE_MARKER}{uuid.uuid4().hex}")
+        try:
+            os.rename(path, grave)
+        except FileNotFoundError:
+            return GONE
+        if self._version(os.stat(grave)) == version:
+            os.unlink(grave)
+            return None
+        with _suppress_os_error():  # rewritten since checked: put it back unless a newer one landed
+            os.link(grave, path)
+        os.unlink(grave)
+        return CHANGED
 
 
 class _suppress_os_error:
@@ -518,6 +607,8 @@ class ObjectStore:
         options = dict(self.storage_options)
         if self.transport.is_async:
             options = {**_NO_CACHE, **options, "asynchronous": asynchronous}
+            if isinstance(self.transport, S3Transport):  # botocore's pool of 10 would cap the GC's fan-out
+                options["config_kwargs"] = {"max_pool_connections": 64, **options.get("config_kwargs", {})}
             if loop is not None:
                 options["loop"] = loop
         elif self.protocol == "memory":
@@ -578,9 +669,9 @@ class ObjectStore:
         deleted = 0
         failures: list[tuple[str, str]] = []
         async for page in self.transport.list_pages(fs, self.full_path(relative_prefix)):
-            paths = [entry.path for entry in page]
-            failures += await self.transport.delete_batch(fs, paths)
-            deleted += len(paths)
+            items = [(entry.path, None) for entry in page]
+            failures += [f for f in await self.transport.delete_batch(fs, items) if f[1] != GONE]
+            deleted += len(items)
         if failures:
             shown = ", ".join(f"{self.relative(p)} ({why})" for p, why in failures[:5])
             raise StoreError(
@@ -642,7 +733,9 @@ class ObjectStore:
             except StopAsyncIteration:
                 return
             for entry in page:
-                yield ListedObject(self.relative(entry.path), entry.size, entry.version, entry.metadata)
+                yield ListedObject(
+                    self.relative(entry.path), entry.size, entry.version, entry.metadata, entry.modified
+                )
 
 
 def _decompress(body: bytes, path: str) -> bytes:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: install objstore-backend with Airflow 3.3 into .venv, run the example DAG with the
 # backend on the embedded default (a directory under AIRFLOW_HOME: no cloud account, no
-# server), then list the keys it left. Run from anywhere: bash scripts/demo.sh
+# server), list the keys it left, then let Airflow drop its expired references and run the GC,
+# which reclaims the objects they pointed at. Run from anywhere: bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,7 @@ grep -o "reattached to [^ ]* on try [0-9]*" "$AIRFLOW_HOME.run.log" | head -1
 grep -o "DagRun Finished: dag_id=[^,]*, .*state=[a-z]*" "$AIRFLOW_HOME.run.log" | sed 's/, logical_date.*state=/ state=/'
 echo "== objstore-backend ls   (the keys in $AIRFLOW_HOME/state_store)"
 objstore-backend ls
+echo "== airflow state-store clean   (drops expired references from Airflow's DB; the objects stay)"
+airflow state-store clean > /dev/null 2>&1
+echo "== objstore-backend gc   (reclaims objects whose references Airflow dropped, here the expired heartbeat)"
+objstore-backend gc --airflow-db "sqlite:///$AIRFLOW_HOME/airflow.db" --offload-grace 0

@@ -6,6 +6,7 @@ wire (retries included), whatever the client library does.
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 from collections import Counter
@@ -34,6 +35,7 @@ class RequestLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, str]] = []
+        self.bodies: list[bytes] = []  # of batch deletes
 
     def record(self, method: str, path: str, query: str) -> None:
         with self._lock:
@@ -42,6 +44,7 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.bodies.clear()
 
     def snapshot(self) -> list[tuple[str, str, str]]:
         with self._lock:
@@ -83,8 +86,13 @@ class CountingMotoServer:
     def _wrap(self, app: Callable) -> Callable:
         def counting_app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
+            query = environ.get("QUERY_STRING", "")
             if not path.startswith("/moto-api"):
-                self.log.record(environ["REQUEST_METHOD"], path, environ.get("QUERY_STRING", ""))
+                self.log.record(environ["REQUEST_METHOD"], path, query)
+            if environ["REQUEST_METHOD"] == "POST" and "delete" in query:  # keep DeleteObjects bodies
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                self.log.bodies.append(body)
+                environ["wsgi.input"] = io.BytesIO(body)
             return app(environ, start_response)
 
         return counting_app

@@ -39,6 +39,7 @@ EXPECTED_TASK_KEYS = {
     ("process", "0", "done"),
     ("process", "1", "done"),
     ("process", "2", "done"),
+    ("advance_watermark", "-1", "heartbeat"),
 }
 
 
@@ -173,6 +174,9 @@ def test_primary_mode_on_s3(
     assert _close_to(objects[("submit_job", "-1", "progress")].metadata.expires_at, now + timedelta(hours=1))
     assert objects[("submit_job", "-1", "submitted_by")].metadata.expires_at is None
     assert objects[asset_key].metadata.expires_at is None
+    assert _close_to(
+        objects[("advance_watermark", "-1", "heartbeat")].metadata.expires_at, now, timedelta(minutes=2)
+    )
     assert orjson.loads(objects[("process", "2", "done")].body) == [3]
     assert orjson.loads(objects[asset_key].body) == 100
     assert db_rows(home, "task_state_store") == [] and db_rows(home, "asset_state_store") == []
@@ -199,3 +203,47 @@ def test_both_modes_at_once_lose_nothing(migrated_db: Path, tmp_path: Path) -> N
     assert orjson.loads(objects[("process", "0", "done")].body) == [1]
     assert objects[("submit_job", "-1", "job_id")].metadata.adopted
     assert db_rows(home, "task_state_store") == []
+
+
+def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Path, tmp_path: Path) -> None:
+    """Offload writes, `airflow state-store clean` drops expired references, the GC reclaims the orphans."""
+    home = tmp_path / "home"
+    run_demo(migrated_db, home, AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND)
+    path = str(home / "state_store")
+
+    def gc(*flags: str) -> dict[str, Any]:
+        command = [
+            str(Path(sys.executable).with_name("objstore-backend")),
+            "gc",
+            "--path",
+            path,
+            "--json",
+            *flags,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, env=_airflow_env(home))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    # Without access to Airflow's DB the GC leaves offload objects alone, and counts them.
+    assert (gc()["offload"], gc()["deleted"]) == (8, 0)
+
+    # Time passes: the heartbeat (one second) and the mapped task's references (one hour)
+    # expire, and Airflow's own clean drops their rows. It does not touch the objects: a
+    # custom backend is "skipped".
+    with sqlite3.connect(home / "airflow.db") as db:
+        db.execute(
+            "UPDATE task_state_store SET expires_at = '2000-01-01 00:00:00' "
+            "WHERE task_id = 'process' OR key = 'heartbeat'"
+        )
+    subprocess.run([AIRFLOW, "state-store", "clean"], env=_airflow_env(home), check=True, capture_output=True)
+    assert {row["task_id"] for row in db_rows(home, "task_state_store")} == {"submit_job"}
+    assert len(stored_objects(ObjectStore(path))) == 8
+
+    airflow_db = ["--airflow-db", f"sqlite:///{home / 'airflow.db'}"]
+    young = gc(*airflow_db)  # default grace period: objects this young may belong to an in-flight set
+    assert (young["offload_orphans"], young["deleted"]) == (0, 0)
+    swept = gc(*airflow_db, "--offload-grace", "0")
+    assert (swept["offload_orphans"], swept["deleted"], swept["offload"], swept["errors"]) == (4, 4, 4, 0)
+    remaining = set(stored_objects(ObjectStore(path)))
+    still_referenced = {k for k in EXPECTED_TASK_KEYS if k[0] == "submit_job"}
+    assert remaining == still_referenced | {("asset/name", "orders", "watermark")}

@@ -4,7 +4,8 @@
   the job id again and reattaches instead of submitting a second job.
 * It also writes keys with the default retention, one hour, and ``NEVER_EXPIRE``.
 * ``process`` is mapped over three items; each map index keeps its own state.
-* ``advance_watermark`` keeps an asset watermark that the next run continues from.
+* ``advance_watermark`` keeps an asset watermark that the next run continues from, and a
+  heartbeat key that expires a second later (something for the GC to collect).
 
 Works unchanged in both modes: the backend is chosen in airflow.cfg, not in the DAG.
 """
@@ -43,9 +44,12 @@ def objstore_state_demo() -> None:
 
     @task(outlets=[ORDERS])
     def advance_watermark() -> int:
-        watermark = get_current_context()["asset_state_store"][ORDERS]
+        context = get_current_context()
+        watermark = context["asset_state_store"][ORDERS]
         last = watermark.get("watermark", default=0)
         watermark.set("watermark", last + 100)
+        # a short-lived key: expired a second later, so the GC has something to collect
+        context["task_state_store"].set("heartbeat", {"watermark": last + 100}, retention=timedelta(seconds=1))
         return last + 100
 
     submit_job() >> process.expand(item=[1, 2, 3]) >> advance_watermark()

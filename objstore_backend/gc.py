@@ -1,0 +1,246 @@
+"""The GC sweep: expired objects out, live state untouched, at bucket scale.
+
+Nothing in Airflow 3.3 cleans a custom backend (``airflow state-store clean`` skips it, and no
+one calls ``cleanup()``), so this sweep is what reclaims space. It streams the listing a page
+at a time (memory stays flat whatever the bucket holds) while the next page is fetched, reads
+each object's expiry (from the listing on GCS; with HEADs, ``concurrency`` in flight, on S3),
+and deletes in batches with a condition on the version it checked, so a key rewritten between
+the check and the delete survives.
+
+Never deleted: unexpired and never-expiring objects, objects that do not parse as this
+layout (foreign), unreadable objects, and offload objects unless a :class:`Reconciler` proves
+Airflow no longer references them and they are older than a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from objstore_backend.errors import CorruptObjectError
+from objstore_backend.layout import Location, parse
+from objstore_backend.store import CHANGED, GONE, ListedObject, ObjectMetadata, ObjectStore
+
+__all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc", "shard_of"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_ERROR_SAMPLES = 10
+
+
+class Reconciler(Protocol):
+    """Tells whether Airflow still references an offload object (see :mod:`objstore_backend.reconcile`)."""
+
+    def is_referenced(self, location: Location, path: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class GCOptions:
+    dry_run: bool = False
+    concurrency: int = 32
+    shard: tuple[int, int] = (0, 1)
+    offload_grace: timedelta = timedelta(hours=1)
+    #: False: one conditional DeleteObject per key, for S3-compatible servers that ignore
+    #: the ETag condition inside DeleteObjects (AWS S3 honours it).
+    batched_deletes: bool = True
+    reconciler: Reconciler | None = None
+    now: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        index, count = self.shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+
+
+@dataclass
+class GCReport:
+    """What a sweep saw and did; ``errors`` > 0 means the job failed."""
+
+    scanned: int = 0
+    expired: int = 0
+    deleted: int = 0
+    kept: int = 0  # due for deletion, but rewritten (or deleted) since it was checked
+    live: int = 0
+    never_expire: int = 0
+    offload: int = 0  # offload objects left alone (referenced, young, or no reconciler)
+    offload_orphans: int = 0
+    foreign: int = 0
+    unreadable: int = 0
+    errors: int = 0
+    bytes_deleted: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    shard: str = "0/1"
+    error_samples: list[str] = field(default_factory=list)
+    would_delete: list[str] = field(default_factory=list)  # dry run only, first few
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _error(self, message: str) -> None:
+        self.errors += 1
+        logger.warning("gc: %s", message)
+        if len(self.error_samples) < _MAX_ERROR_SAMPLES:
+            self.error_samples.append(message)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``; Kubernetes Indexed Jobs give I as ``$JOB_COMPLETION_INDEX``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as exc:
+        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from exc
+    GCOptions(shard=(index, count))  # range check
+    return index, count
+
+
+def shard_of(path: str, location: Location | None, count: int) -> int:
+    """Which shard owns an object: by DAG run (tasks) or asset, so a scope stays together.
+
+    Foreign objects go to shard 0, so every object under the base belongs to exactly one shard.
+    """
+    if count == 1 or location is None:
+        return 0
+    owner = location.ids[:2] if location.kind.value == "task" else location.ids[:1]
+    return zlib.crc32("/".join((location.kind.value, *owner)).encode()) % count
+
+
+@dataclass
+class _Sweep:
+    """One run's state: the store, the options, the report, and a progress callback."""
+
+    store: ObjectStore
+    options: GCOptions
+    report: GCReport
+    progress: Callable[[int], None]
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    async def metadata_of(self, fs: Any, entry: ListedObject) -> ObjectMetadata | None:
+        display = self.store.display_path(self.store.relative(entry.path))
+        if entry.metadata is not None:  # GCS listings carry it
+            return ObjectMetadata.from_strings(entry.metadata, display)
+        raw = await self.store.transport.head(fs, entry.path)
+        return None if raw is None else ObjectMetadata.from_strings(raw, display)
+
+    async def offload_is_orphan(self, location: Location, relative: str, entry: ListedObject) -> bool:
+        reconciler = self.options.reconciler
+        if reconciler is None or entry.modified is None:
+            return False
+        if self.now - entry.modified < self.options.offload_grace:
+            return False  # may be an in-flight set whose DB row is not written yet
+        return not await asyncio.to_thread(reconciler.is_referenced, location, relative)
+
+    async def classify(self, fs: Any, entry: ListedObject) -> bool:
+        """Count one object; True if it is due for deletion."""
+        report = self.report
+        relative = self.store.relative(entry.path)
+        location = parse(relative)
+        if location is None:
+            report.foreign += 1
+            logger.debug("gc: foreign object %s", relative)
+            return False
+        try:
+            metadata = await self.metadata_of(fs, entry)
+        except CorruptObjectError as exc:
+            report.unreadable += 1
+            logger.info("gc: %s", exc)
+            return False
+        except OSError as exc:
+            report._error(f"reading {relative}: {exc!r}")
+            return False
+        if metadata is None:  # deleted since listed
+            return False
+        if metadata.mode == "offload" and not metadata.adopted:
+            if await self.offload_is_orphan(location, relative, entry):
+                report.offload_orphans += 1
+                return True
+            report.offload += 1
+            return False
+        if metadata.expires_at is None:
+            report.never_expire += 1
+            return False
+        if metadata.is_expired(self.now):
+            report.expired += 1
+            return True
+        report.live += 1
+        return False
+
+    async def delete(self, fs: Any, due: list[ListedObject]) -> None:
+        report = self.report
+        if not due:
+            return
+        if self.options.dry_run:
+            for entry in due:
+                logger.info("gc: would delete %s", self.store.relative(entry.path))
+                if len(report.would_delete) < 100:
+                    report.would_delete.append(self.store.relative(entry.path))
+            return
+        failures = dict(
+            await self.store.transport.delete_batch(
+                fs,
+                [(entry.path, entry.version) for entry in due],
+                batched=self.options.batched_deletes,
+                concurrency=self.options.concurrency,
+            )
+        )
+        for entry in due:
+            reason = failures.get(entry.path)
+            relative = self.store.relative(entry.path)
+            if reason is None:
+                report.deleted += 1
+                report.bytes_deleted += entry.size
+                logger.debug("gc: deleted %s", relative)
+            elif reason in (CHANGED, GONE):
+                report.kept += 1
+                logger.debug("gc: kept %s (%s)", relative, reason)
+            else:
+                report._error(f"deleting {relative}: {reason}")
+
+    async def page(self, fs: Any, entries: list[ListedObject]) -> None:
+        index, count = self.options.shard
+        mine = [e for e in entries if shard_of(e.path, parse(self.store.relative(e.path)), count) == index]
+        semaphore = asyncio.Semaphore(self.options.concurrency)
+
+        async def bounded(entry: ListedObject) -> bool:
+            async with semaphore:
+                return await self.classify(fs, entry)
+
+        verdicts = await asyncio.gather(*(bounded(entry) for entry in mine))
+        self.report.scanned += len(mine)
+        await self.delete(fs, [entry for entry, due in zip(mine, verdicts, strict=True) if due])
+        self.progress(len(mine))
+
+    async def run(self, fs: Any) -> None:
+        pages = self.store.transport.list_pages(fs, self.store.full_path(""))
+        upcoming = asyncio.ensure_future(anext(pages, None))
+        while (entries := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(anext(pages, None))  # list the next page meanwhile
+            await self.page(fs, entries)
+
+
+def run_gc(
+    store: ObjectStore, options: GCOptions | None = None, progress: Callable[[int], None] | None = None
+) -> GCReport:
+    """Sweep the store once; ``progress`` is called with the number of objects each page scanned."""
+    options = options or GCOptions()
+    index, count = options.shard
+    report = GCReport(dry_run=options.dry_run, shard=f"{index}/{count}")
+    sweep = _Sweep(store, options, report, progress or (lambda _: None))
+    if options.now is not None:
+        sweep.now = options.now
+    started = time.monotonic()
+    try:
+        store._run(sweep.run)
+    except OSError as exc:  # the listing itself failed: nothing more can be done
+        report._error(f"listing {store.url}: {exc!r}")
+    report.seconds = round(time.monotonic() - started, 3)
+    logger.info("gc: %s", {k: v for k, v in report.as_dict().items() if k not in ("would_delete",)})
+    return report
