@@ -44,9 +44,7 @@ INLINE_REF_PREFIX = "inline:"
 _WRAPPED_REF_KEY = "__airflow_state_ref__"
 _WRAPPED_REF_START = b'{"' + _WRAPPED_REF_KEY.encode()
 
-_Bases: tuple[type, ...] = (
-    (_SdkBase,) if _CoreBase is None or _CoreBase is _SdkBase else (_CoreBase, _SdkBase)
-)
+_Bases: tuple[type, ...] = (_SdkBase,) if _CoreBase is None or _CoreBase is _SdkBase else (_CoreBase, _SdkBase)
 
 
 def settings_from_airflow() -> StoreSettings:
@@ -109,9 +107,7 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
         path = object_path(scope, key)
         return self._primary_answer(self._adopted_as_ref(path, self.store.read(path)))
 
-    def set(
-        self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
-    ) -> None:
+    def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
         path, body, metadata = self._primary_write(scope, key, value, expires_at)
         if body is None:

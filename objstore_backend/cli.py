@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from objstore_backend import __version__
+from objstore_backend.audit import LEVELS, AuditReport, run_audit
 from objstore_backend.config import ENV_PREFIX, StoreSettings
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
@@ -139,6 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
         "conditional delete per key, for S3-compatible servers that ignore batch conditions",
     )
     gc.set_defaults(func=cmd_gc)
+
+    audit = commands.add_parser(
+        "audit",
+        help="inventory the store and check the bucket's configuration",
+        description=(
+            "Read-only. Inventory: keys and bytes by mode, scope kind and DAG, the expired-but-not-\n"
+            "collected backlog, never-expiring keys, offload objects, the largest values, foreign or\n"
+            "unreadable objects. Findings: bucket settings that would destroy live state or keep dead\n"
+            "state forever (lifecycle rules, versioning, soft delete, retention, encryption, public access)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  objstore-backend audit --path s3://bucket/airflow/state/\n"
+            "  objstore-backend audit --path gs://bucket/airflow/state/ --json --fail-on warning\n"
+            "exit status: 0 no finding at or above --fail-on, 1 some finding is, or the audit failed; 2 bad usage"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _store_options(audit)
+    audit.add_argument(
+        "--json",
+        action="store_true",
+        default=_env_flag("JSON"),
+        help='print {"inventory": ..., "findings": [...]} as one JSON document',
+    )
+    audit.add_argument(
+        "--fail-on",
+        choices=LEVELS,
+        default=_env("FAIL_ON", "error"),
+        help="exit 1 when a finding is at this level or above (default error)",
+    )
+    audit.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("CONCURRENCY", "32")),
+        help="HEAD requests in flight while taking the inventory (default 32)",
+    )
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -177,7 +216,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if args.json:
             print(orjson.dumps(row).decode())
         else:
-            expiry = row.get("expires_at") or ("never" if row["mode"] in ("primary", "offload") else "-")
+            expiry = row.get("expires_at") or {"primary": "never", "offload": "(kept in Airflow's DB)"}.get(
+                row["mode"], "-"
+            )
             flag = " (expired)" if row.get("expired") else ""
             print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}")
     return EXIT_OK
@@ -213,11 +254,7 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
 
 
 def _print_report(report: GCReport) -> None:
-    rows = [
-        (name, value)
-        for name, value in report.as_dict().items()
-        if name not in ("error_samples", "would_delete")
-    ]
+    rows = [(name, value) for name, value in report.as_dict().items() if name not in ("error_samples", "would_delete")]
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     for path in report.would_delete:
@@ -242,6 +279,40 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _print_audit(report: AuditReport) -> None:
+    inventory = report.inventory
+    print(f"keys {inventory.keys:,}  bytes {inventory.bytes:,}")
+    for title, table in (("by mode", inventory.by_mode), ("by scope kind", inventory.by_kind)):
+        print(
+            f"{title}: " + ", ".join(f"{name} {row['keys']:,} keys / {row['bytes']:,} B" for name, row in table.items())
+        )
+    backlog = inventory.expired_backlog
+    print(
+        f"expired, not yet collected: {backlog['keys']:,} keys / {backlog['bytes']:,} B"
+        + (f" (oldest expiry {backlog['oldest_expiry']})" if backlog["oldest_expiry"] else "")
+    )
+    print(
+        f"never expire: {inventory.never_expire:,}   offload: {inventory.offload:,}   "
+        f"foreign: {inventory.foreign_count:,}   unreadable: {inventory.unreadable_count:,}"
+    )
+    for row in inventory.top_dags:
+        print(f"  dag {row['dag_id']}: {row['keys']:,} keys / {row['bytes']:,} B")
+    for row in inventory.largest[:5]:
+        print(f"  largest: {row['bytes']:,} B  {row['path']}")
+    print(f"findings: {len(report.findings)}")
+    for finding in report.findings:
+        print(f"  {finding.level.upper():<8} {finding.code}: {finding.message}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    report = run_audit(open_store(args), concurrency=args.concurrency)
+    if args.json:
+        print(orjson.dumps(report.as_dict()).decode())
+    else:
+        _print_audit(report)
+    return EXIT_FAILED if report.fails(args.fail_on) or report.inventory.errors else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,9 +65,7 @@ def validate_json_text(value: str) -> bytes:
     try:
         orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(
-            f"state value is not a valid JSON document (NaN and Infinity are not JSON): {exc}"
-        ) from exc
+        raise ValueError(f"state value is not a valid JSON document (NaN and Infinity are not JSON): {exc}") from exc
     return value.encode("utf-8")
 
 

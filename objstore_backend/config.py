@@ -128,8 +128,7 @@ class StoreSettings:
         """
         environ = os.environ if environ is None else environ
         values = {
-            key: environ.get(ENV_PREFIX + key.upper()) or environ.get(AIRFLOW_ENV_PREFIX + key.upper())
-            for key in KEYS
+            key: environ.get(ENV_PREFIX + key.upper()) or environ.get(AIRFLOW_ENV_PREFIX + key.upper()) for key in KEYS
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls.from_mapping(values)

@@ -17,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from objstore_backend.errors import CorruptObjectError
-from objstore_backend.layout import Location, parse
-from objstore_backend.store import CHANGED, GONE, ListedObject, ObjectMetadata, ObjectStore
+from objstore_backend.layout import Location
+from objstore_backend.scan import Scanned, scan_pages
+from objstore_backend.store import CHANGED, GONE, ObjectStore
 
-__all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc", "shard_of"]
+__all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +101,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def shard_of(path: str, location: Location | None, count: int) -> int:
-    """Which shard owns an object: by DAG run (tasks) or asset, so a scope stays together.
-
-    Foreign objects go to shard 0, so every object under the base belongs to exactly one shard.
-    """
-    if count == 1 or location is None:
-        return 0
-    owner = location.ids[:2] if location.kind.value == "task" else location.ids[:1]
-    return zlib.crc32("/".join((location.kind.value, *owner)).encode()) % count
-
-
 @dataclass
 class _Sweep:
     """One run's state: the store, the options, the report, and a progress callback."""
@@ -123,43 +111,32 @@ class _Sweep:
     progress: Callable[[int], None]
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
-    async def metadata_of(self, fs: Any, entry: ListedObject) -> ObjectMetadata | None:
-        display = self.store.display_path(self.store.relative(entry.path))
-        if entry.metadata is not None:  # GCS listings carry it
-            return ObjectMetadata.from_strings(entry.metadata, display)
-        raw = await self.store.transport.head(fs, entry.path)
-        return None if raw is None else ObjectMetadata.from_strings(raw, display)
-
-    async def offload_is_orphan(self, location: Location, relative: str, entry: ListedObject) -> bool:
-        reconciler = self.options.reconciler
-        if reconciler is None or entry.modified is None:
+    async def offload_is_orphan(self, found: Scanned) -> bool:
+        reconciler, modified = self.options.reconciler, found.entry.modified
+        if reconciler is None or modified is None or found.location is None:
             return False
-        if self.now - entry.modified < self.options.offload_grace:
+        if self.now - modified < self.options.offload_grace:
             return False  # may be an in-flight set whose DB row is not written yet
-        return not await asyncio.to_thread(reconciler.is_referenced, location, relative)
+        return not await asyncio.to_thread(reconciler.is_referenced, found.location, found.entry.path)
 
-    async def classify(self, fs: Any, entry: ListedObject) -> bool:
+    async def is_due(self, found: Scanned) -> bool:
         """Count one object; True if it is due for deletion."""
-        report = self.report
-        relative = self.store.relative(entry.path)
-        location = parse(relative)
-        if location is None:
+        report, metadata = self.report, found.metadata
+        if found.location is None:
             report.foreign += 1
-            logger.debug("gc: foreign object %s", relative)
+            logger.debug("gc: foreign object %s", found.entry.path)
             return False
-        try:
-            metadata = await self.metadata_of(fs, entry)
-        except CorruptObjectError as exc:
+        if found.unreadable is not None:
             report.unreadable += 1
-            logger.info("gc: %s", exc)
+            logger.info("gc: %s", found.unreadable)
             return False
-        except OSError as exc:
-            report._error(f"reading {relative}: {exc!r}")
+        if found.error is not None:
+            report._error(found.error)
             return False
         if metadata is None:  # deleted since listed
             return False
         if metadata.mode == "offload" and not metadata.adopted:
-            if await self.offload_is_orphan(location, relative, entry):
+            if await self.offload_is_orphan(found):
                 report.offload_orphans += 1
                 return True
             report.offload += 1
@@ -173,57 +150,43 @@ class _Sweep:
         report.live += 1
         return False
 
-    async def delete(self, fs: Any, due: list[ListedObject]) -> None:
+    async def delete(self, fs: Any, due: list[Scanned]) -> None:
         report = self.report
         if not due:
             return
         if self.options.dry_run:
-            for entry in due:
-                logger.info("gc: would delete %s", self.store.relative(entry.path))
+            for found in due:
+                logger.info("gc: would delete %s", found.entry.path)
                 if len(report.would_delete) < 100:
-                    report.would_delete.append(self.store.relative(entry.path))
+                    report.would_delete.append(found.entry.path)
             return
         failures = dict(
             await self.store.transport.delete_batch(
                 fs,
-                [(entry.path, entry.version) for entry in due],
+                [(found.full_path, found.entry.version) for found in due],
                 batched=self.options.batched_deletes,
                 concurrency=self.options.concurrency,
             )
         )
-        for entry in due:
-            reason = failures.get(entry.path)
-            relative = self.store.relative(entry.path)
+        for found in due:
+            reason = failures.get(found.full_path)
             if reason is None:
                 report.deleted += 1
-                report.bytes_deleted += entry.size
-                logger.debug("gc: deleted %s", relative)
+                report.bytes_deleted += found.entry.size
+                logger.debug("gc: deleted %s", found.entry.path)
             elif reason in (CHANGED, GONE):
                 report.kept += 1
-                logger.debug("gc: kept %s (%s)", relative, reason)
+                logger.debug("gc: kept %s (%s)", found.entry.path, reason)
             else:
-                report._error(f"deleting {relative}: {reason}")
-
-    async def page(self, fs: Any, entries: list[ListedObject]) -> None:
-        index, count = self.options.shard
-        mine = [e for e in entries if shard_of(e.path, parse(self.store.relative(e.path)), count) == index]
-        semaphore = asyncio.Semaphore(self.options.concurrency)
-
-        async def bounded(entry: ListedObject) -> bool:
-            async with semaphore:
-                return await self.classify(fs, entry)
-
-        verdicts = await asyncio.gather(*(bounded(entry) for entry in mine))
-        self.report.scanned += len(mine)
-        await self.delete(fs, [entry for entry, due in zip(mine, verdicts, strict=True) if due])
-        self.progress(len(mine))
+                report._error(f"deleting {found.entry.path}: {reason}")
 
     async def run(self, fs: Any) -> None:
-        pages = self.store.transport.list_pages(fs, self.store.full_path(""))
-        upcoming = asyncio.ensure_future(anext(pages, None))
-        while (entries := await upcoming) is not None:
-            upcoming = asyncio.ensure_future(anext(pages, None))  # list the next page meanwhile
-            await self.page(fs, entries)
+        pages = scan_pages(self.store, fs, concurrency=self.options.concurrency, shard=self.options.shard)
+        async for page in pages:
+            due = [found for found in page if await self.is_due(found)]
+            self.report.scanned += len(page)
+            await self.delete(fs, due)
+            self.progress(len(page))
 
 
 def run_gc(

@@ -251,9 +251,7 @@ class S3Transport(Transport):
             except FileNotFoundError as exc:
                 raise self._missing_bucket(exc, bucket) from exc
             yield [
-                ListedObject(
-                    f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None, item["LastModified"]
-                )
+                ListedObject(f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None, item["LastModified"])
                 for item in page.get("Contents", [])
             ]
             if not page.get("IsTruncated"):
@@ -280,9 +278,7 @@ class S3Transport(Transport):
             ]
         bucket = self._split(fs, items[0][0])[0]
         objects = [{"Key": self._split(fs, p)[1], **({"ETag": v} if v else {})} for p, v in items]
-        response = await fs._call_s3(
-            "delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True}
-        )
+        response = await fs._call_s3("delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
         return [
             (
                 f"{bucket}/{err['Key']}",
@@ -299,9 +295,7 @@ class GCSTransport(Transport):
         bucket, key, _ = fs.split_path(path)
         try:
             info = await fs._call("GET", "b/{}/o/{}", bucket, key, json_out=True)
-            _, body = await fs._call(
-                "GET", "b/{}/o/{}", bucket, key, alt="media", ifGenerationMatch=info["generation"]
-            )
+            _, body = await fs._call("GET", "b/{}/o/{}", bucket, key, alt="media", ifGenerationMatch=info["generation"])
         except FileNotFoundError:
             return None
         return body, info.get("metadata", {})
@@ -333,9 +327,7 @@ class GCSTransport(Transport):
         bucket, key_prefix, _ = fs.split_path(prefix)
         token: dict[str, str] = {}
         while True:
-            page = await fs._call(
-                "GET", "b/{}/o", bucket, prefix=key_prefix, maxResults=1000, json_out=True, **token
-            )
+            page = await fs._call("GET", "b/{}/o", bucket, prefix=key_prefix, maxResults=1000, json_out=True, **token)
             yield [
                 ListedObject(
                     f"{bucket}/{item['name']}",
@@ -352,9 +344,7 @@ class GCSTransport(Transport):
 
     async def _delete_if_generation(self, fs: Any, path: str, generation: str | None) -> None:
         bucket, key, _ = fs.split_path(path)
-        await fs._call(
-            "DELETE", "b/{}/o/{}", bucket, key, **({"ifGenerationMatch": generation} if generation else {})
-        )
+        await fs._call("DELETE", "b/{}/o/{}", bucket, key, **({"ifGenerationMatch": generation} if generation else {}))
 
     async def delete_batch(
         self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
@@ -574,8 +564,8 @@ class ObjectStore:
         self.root = self.fs._strip_protocol(url).rstrip("/")
         self._check_root_length()
         self._loop_fs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        if isinstance(self.transport, LocalTransport):
-            os.makedirs(self.root, exist_ok=True)
+        if isinstance(self.transport, LocalTransport):  # state is private to the Airflow user
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
@@ -733,9 +723,7 @@ class ObjectStore:
             except StopAsyncIteration:
                 return
             for entry in page:
-                yield ListedObject(
-                    self.relative(entry.path), entry.size, entry.version, entry.metadata, entry.modified
-                )
+                yield ListedObject(self.relative(entry.path), entry.size, entry.version, entry.metadata, entry.modified)
 
 
 def _decompress(body: bytes, path: str) -> bytes:

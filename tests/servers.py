@@ -7,7 +7,9 @@ wire (retries included), whatever the client library does.
 from __future__ import annotations
 
 import io
+import json
 import socket
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -69,8 +71,8 @@ class RequestLog:
 class CountingMotoServer:
     """moto's S3 server on a free loopback port, every request logged."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log = RequestLog()
         self.before_request: Callable[[dict[str, Any]], tuple[int, bytes] | None] | None = None
         app = DomainDispatcherApplication(create_backend_app)
@@ -87,6 +89,12 @@ class CountingMotoServer:
         def counting_app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             query = environ.get("QUERY_STRING", "")
+            if path == "/_counts":  # for a server in another process (the benchmarks)
+                start_response("200 OK", [("Content-Type", "application/json")])
+                counts = self.log.by_kind()
+                if "reset" in query:
+                    self.log.clear()
+                return [json.dumps(counts).encode()]
             if not path.startswith("/moto-api"):
                 self.log.record(environ["REQUEST_METHOD"], path, query)
             if environ["REQUEST_METHOD"] == "POST" and "delete" in query:  # keep DeleteObjects bodies
@@ -104,3 +112,9 @@ class CountingMotoServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._thread.join(timeout=5)
+
+
+if __name__ == "__main__":  # python -m tests.servers PORT: a counting moto server in its own process
+    served = CountingMotoServer(int(sys.argv[1])).start()
+    print(f"serving {served.endpoint_url}", flush=True)
+    served._thread.join()

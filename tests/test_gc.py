@@ -34,9 +34,7 @@ def populate(backend: ObjectStoreBackend) -> dict[str, Any]:
     backend.set(TaskScope("d", "r", "t", 0), "live", "2", expires_at=FUTURE)
     backend.set(TaskScope("d", "r", "t", 0), "forever", "3")
     backend.set(AssetScope(asset_id=1), "watermark", "4")
-    backend.serialize_task_state_store_to_ref(
-        value={"big": 1}, key="offloaded", scope=TaskScope("d", "r", "t")
-    )
+    backend.serialize_task_state_store_to_ref(value={"big": 1}, key="offloaded", scope=TaskScope("d", "r", "t"))
     _write_by_hand(backend, "notes/README.md", b"foreign")  # does not parse as the layout
     _write_by_hand(backend, object_path(TaskScope("d", "r", "t"), "corrupt"), b"no metadata")
     return {"expired": expired}
@@ -75,16 +73,12 @@ def test_dry_run_deletes_nothing_and_says_what_it_would(populated: Any) -> None:
     assert sorted(report.would_delete) == sorted(object_path(s, k) for s, k in keys["expired"])
 
 
-def test_objects_outside_the_base_path_are_never_touched(
-    s3_bucket: str, s3_options: dict, s3_client: Any
-) -> None:
+def test_objects_outside_the_base_path_are_never_touched(s3_bucket: str, s3_options: dict, s3_client: Any) -> None:
     sibling = ObjectStoreBackend(
         StoreSettings(path=f"s3://{s3_bucket}/airflow/state-other", storage_options=s3_options)
     )
     sibling.set(TaskScope("d", "r", "t"), "k", "1", expires_at=PAST)
-    backend = ObjectStoreBackend(
-        StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_options)
-    )
+    backend = ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_options))
     backend.set(TaskScope("d", "r", "t"), "k", "1", expires_at=PAST)
     report = run_gc(backend.store)
     assert (report.scanned, report.deleted) == (1, 1)
@@ -113,9 +107,7 @@ def test_s3_gc_heads_each_object_and_deletes_in_batches_with_etag_conditions(
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_key_rewritten_between_check_and_delete_survives(
-    where: str, request: pytest.FixtureRequest
-) -> None:
+def test_a_key_rewritten_between_check_and_delete_survives(where: str, request: pytest.FixtureRequest) -> None:
     if where == "local":
         settings = StoreSettings(path=str(request.getfixturevalue("tmp_path") / "state"))
         options = GCOptions()

@@ -1,0 +1,156 @@
+"""GC scan rate and peak memory on one moto S3 server, against a raw loop of concurrent HEADs.
+
+Starts moto's S3 server (counting requests) in its own process on a free port, fills two
+buckets (``--small`` and ``--large`` objects), then measures in one run:
+
+* objects scanned per second by ``run_gc`` (dry run: every object is HEADed, nothing deleted)
+  at concurrency 1, 16 and 64, beside the floor: the same listing plus raw ``head_object``
+  calls through s3fs, 64 in flight;
+* the peak RSS of a whole ``objstore-backend gc --dry-run`` process at both bucket sizes
+  (streaming: it should not grow with the bucket).
+
+Prints a markdown table. Run: ``python benchmarks/gc_scan.py`` (about 5 minutes with the
+defaults; ``--large 20000`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from objstore_backend.gc import GCOptions, run_gc  # noqa: E402
+from objstore_backend.store import ObjectMetadata, ObjectStore  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+CREDENTIALS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.servers", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and "serving" in process.stdout.readline()
+    return process, f"http://127.0.0.1:{port}"
+
+
+def counts(endpoint: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{endpoint}/_counts?reset=1") as response:
+        return json.loads(response.read())
+
+
+def fill(store: ObjectStore, count: int) -> None:
+    """``count`` live primary objects, 25 map indices per task, written 64 at a time."""
+    metadata = ObjectMetadata("primary", datetime.now(timezone.utc) + timedelta(days=1))
+
+    async def write_all() -> None:
+        semaphore = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with semaphore:
+                await store.awrite(f"task/bench/run{i // 1000}/t{i // 25 % 40}/{i % 25}/k", b'{"v": 1}', metadata)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+    asyncio.run(write_all())
+
+
+def raw_scan(store: ObjectStore, concurrency: int) -> float:
+    """The floor: list every page and HEAD every object with plain s3fs calls, no GC logic."""
+
+    async def scan() -> int:
+        fs = await store._bound_fs()
+        bucket, prefix, _ = fs.split_path(store.full_path(""))
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def head(key: str) -> None:
+            async with semaphore:
+                await fs._call_s3("head_object", Bucket=bucket, Key=key)
+
+        scanned, token = 0, {}
+        while True:
+            page = await fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
+            keys = [item["Key"] for item in page.get("Contents", [])]
+            await asyncio.gather(*(head(key) for key in keys))
+            scanned += len(keys)
+            if not page.get("IsTruncated"):
+                return scanned
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    started = time.perf_counter()
+    scanned = asyncio.run(scan())
+    return scanned / (time.perf_counter() - started)
+
+
+def peak_rss_mib(url: str, endpoint: str) -> float:
+    """Peak RSS of a whole `objstore-backend gc --dry-run` process."""
+    options = json.dumps({**CREDENTIALS, "endpoint_url": endpoint})
+    command = [sys.executable, "-m", "objstore_backend.cli", "gc", "--dry-run", "--json", "--path", url,
+               "--storage-options", options, "--concurrency", "64"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert status == 0, f"gc exited with {status}"
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    args = parser.parse_args()
+
+    server, endpoint = start_server()
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+        stores = {}
+        for size in (args.small, args.large):
+            s3.create_bucket(Bucket=f"bench-{size}")
+            stores[size] = ObjectStore(f"s3://bench-{size}/state", {**CREDENTIALS, "endpoint_url": endpoint})
+            started = time.perf_counter()
+            fill(stores[size], size)
+            print(f"filled {size} objects in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+        small = stores[args.small]
+        counts(endpoint)
+        raw = raw_scan(small, 64)
+        raw_requests = counts(endpoint)
+        rows = [("raw s3fs: list + HEAD, 64 in flight", raw, raw_requests)]
+        for concurrency in (1, 16, 64):
+            report = run_gc(small, GCOptions(dry_run=True, concurrency=concurrency))
+            assert report.scanned == args.small and report.errors == 0
+            rows.append((f"objstore-backend gc, concurrency {concurrency}", report.scanned / report.seconds,
+                         counts(endpoint)))
+
+        print(f"\nGC scan of {args.small:,} objects on one moto S3 server "
+              f"({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})\n")
+        print("| scanner | objects/s | vs raw | requests |")
+        print("|---|---:|---:|---|")
+        for name, rate, requests in rows:
+            shown = ", ".join(f"{k} {v:,}" for k, v in sorted(requests.items()))
+            print(f"| {name} | {rate:,.0f} | {rate / raw:.0%} | {shown} |")
+
+        print("\n| objects in the bucket | peak RSS of `objstore-backend gc --dry-run` |")
+        print("|---:|---:|")
+        for size, store in stores.items():
+            print(f"| {size:,} | {peak_rss_mib(store.url, endpoint):.0f} MiB |")
+    finally:
+        server.terminate()
+
+
+if __name__ == "__main__":
+    main()
