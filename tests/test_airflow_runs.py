@@ -97,9 +97,7 @@ def db_rows(home: Path, table: str) -> list[sqlite3.Row]:
         return db.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed table names
 
 
-def _close_to(
-    moment: str | datetime | None, expected: datetime, slack: timedelta = timedelta(minutes=5)
-) -> bool:
+def _close_to(moment: str | datetime | None, expected: datetime, slack: timedelta = timedelta(minutes=5)) -> bool:
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
     if moment is not None and moment.tzinfo is None:
@@ -152,31 +150,28 @@ def test_offload_mode_on_s3_with_an_airflow_connection(
     _assert_offload_landed(store, tmp_path / "home")
 
 
-def test_primary_mode_on_s3(
-    migrated_db: Path, tmp_path: Path, s3_bucket: str, s3_options: dict[str, Any]
-) -> None:
+@pytest.mark.parametrize("cloud", ["s3", "gcs"])
+def test_primary_mode(migrated_db: Path, tmp_path: Path, cloud: str, request: pytest.FixtureRequest) -> None:
+    scheme = {"s3": "s3", "gcs": "gs"}[cloud]
+    bucket, options = request.getfixturevalue(f"{cloud}_bucket"), request.getfixturevalue(f"{cloud}_options")
     home = tmp_path / "home"
     run_demo(
         migrated_db,
         home,
         AIRFLOW__STATE_STORE__BACKEND=BACKEND,
-        AIRFLOW__OBJSTORE_BACKEND__PATH=f"s3://{s3_bucket}/airflow/state/",
-        AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS=json.dumps(s3_options),
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"{scheme}://{bucket}/airflow/state/",
+        AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS=json.dumps(options),
     )
-    objects = stored_objects(ObjectStore(f"s3://{s3_bucket}/airflow/state", s3_options))
+    objects = stored_objects(ObjectStore(f"{scheme}://{bucket}/airflow/state", options))
     [asset_key] = [k for k in objects if k[0] == "asset/id"]  # the server side knows the asset id
     assert set(objects) == EXPECTED_TASK_KEYS | {asset_key} and asset_key[2] == "watermark"
     assert all(obj.metadata.mode == "primary" for obj in objects.values())
     now = datetime.now(timezone.utc)
-    assert _close_to(
-        objects[("submit_job", "-1", "job_id")].metadata.expires_at, now + timedelta(days=RETENTION_DAYS)
-    )
+    assert _close_to(objects[("submit_job", "-1", "job_id")].metadata.expires_at, now + timedelta(days=RETENTION_DAYS))
     assert _close_to(objects[("submit_job", "-1", "progress")].metadata.expires_at, now + timedelta(hours=1))
     assert objects[("submit_job", "-1", "submitted_by")].metadata.expires_at is None
     assert objects[asset_key].metadata.expires_at is None
-    assert _close_to(
-        objects[("advance_watermark", "-1", "heartbeat")].metadata.expires_at, now, timedelta(minutes=2)
-    )
+    assert _close_to(objects[("advance_watermark", "-1", "heartbeat")].metadata.expires_at, now, timedelta(minutes=2))
     assert orjson.loads(objects[("process", "2", "done")].body) == [3]
     assert orjson.loads(objects[asset_key].body) == 100
     assert db_rows(home, "task_state_store") == [] and db_rows(home, "asset_state_store") == []
