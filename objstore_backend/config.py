@@ -76,6 +76,19 @@ def _parse_threshold(raw: Any) -> int:
     return threshold
 
 
+def _check_protocol(path: str) -> None:
+    """A URL scheme fsspec does not know would fail only at the first write: fail now."""
+    import fsspec
+
+    protocol = split_connection_id(path)[1].split("://", 1)[0] if "://" in path else "file"
+    if protocol not in fsspec.available_protocols():
+        known = ", ".join(p for p in ("s3", "gs", "gcs", "file", "memory") if p in fsspec.available_protocols())
+        raise ValueError(
+            f"[{SECTION}] path {path!r} has the URL scheme {protocol!r}, which fsspec does not know: "
+            f"use one of {known}, or a local directory"
+        )
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where and how state is stored. Checked at construction: a bad setting fails at once."""
@@ -87,6 +100,7 @@ class StoreSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", self.path or embedded_default_path())
+        _check_protocol(self.path)
         object.__setattr__(self, "storage_options", _parse_storage_options(self.storage_options))
         object.__setattr__(self, "threshold_bytes", _parse_threshold(self.threshold_bytes))
         compression = (self.compression or "none").lower()

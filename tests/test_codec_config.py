@@ -38,11 +38,12 @@ def test_compression_round_trip_and_detection() -> None:
         ({"threshold_bytes": "ten"}, "threshold_bytes must be a whole number"),
         ({"storage_options": "[1, 2]"}, "storage_options must be a JSON object"),
         ({"storage_options": "{not json"}, "storage_options must be a JSON object"),
+        ({"path": "s4://bucket/prefix"}, "URL scheme 's4', which fsspec does not know: use one of s3, gs"),
     ],
 )
 def test_bad_settings_fail_at_construction_naming_the_key(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        StoreSettings(path="memory://x", **settings)
+        StoreSettings(**{"path": "memory://x", **settings})
 
 
 def test_settings_from_env_with_flags_winning(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
