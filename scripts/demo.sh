@@ -14,12 +14,14 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 # offload mode: values in the store, references in Airflow's DB
 export AIRFLOW__WORKERS__STATE_STORE_BACKEND=objstore_backend.ObjectStoreBackend
 
+mkdir -p "$AIRFLOW_HOME"
+LOG="$AIRFLOW_HOME/demo.log"
 echo "== airflow db migrate (AIRFLOW_HOME=$AIRFLOW_HOME)"
-airflow db migrate > "$AIRFLOW_HOME.migrate.log" 2>&1 || { cat "$AIRFLOW_HOME.migrate.log"; exit 1; }
-echo "== airflow dags test objstore_state_demo"
-airflow dags test objstore_state_demo > "$AIRFLOW_HOME.run.log" 2>&1 || { tail -50 "$AIRFLOW_HOME.run.log"; exit 1; }
-grep -o "reattached to [^ ]* on try [0-9]*" "$AIRFLOW_HOME.run.log" | head -1
-grep -o "DagRun Finished: dag_id=[^,]*, .*state=[a-z]*" "$AIRFLOW_HOME.run.log" | sed 's/, logical_date.*state=/ state=/'
+airflow db migrate > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
+echo "== airflow dags test objstore_state_demo   (full log: $LOG)"
+airflow dags test objstore_state_demo > "$LOG" 2>&1 || { tail -50 "$LOG"; exit 1; }
+grep -o "reattached to [^ ]* on try [0-9]*" "$LOG" | head -1
+grep -o "DagRun Finished: dag_id=[^,]*, .*state=[a-z]*" "$LOG" | sed 's/, logical_date.*state=/ state=/'
 echo "== objstore-backend ls   (the keys in $AIRFLOW_HOME/state_store)"
 objstore-backend ls
 echo "== airflow state-store clean   (drops expired references from Airflow's DB; the objects stay)"

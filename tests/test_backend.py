@@ -146,9 +146,7 @@ def test_sync_calls_work_inside_a_running_event_loop(backend: ObjectStoreBackend
 
 
 @pytest.mark.parametrize("scope", [TASK, AssetScope(name="orders")], ids=["task", "asset"])
-def test_offload_writes_the_value_and_returns_a_deterministic_ref(
-    backend: ObjectStoreBackend, scope: Any
-) -> None:
+def test_offload_writes_the_value_and_returns_a_deterministic_ref(backend: ObjectStoreBackend, scope: Any) -> None:
     kind = "task" if isinstance(scope, TaskScope) else "asset"
     serialize = getattr(backend, f"serialize_{kind}_state_store_to_ref")
     deserialize = getattr(backend, f"deserialize_{kind}_state_store_from_ref")

@@ -36,9 +36,7 @@ def test_one_request_per_set_get_delete(s3_backend: ObjectStoreBackend, moto_ser
         moto_server,
         lambda: s3_backend.serialize_asset_state_store_to_ref(value=[1], key="k", scope=AssetScope(name="a")),
     ) == {"PUT": 1}
-    assert requests_of(moto_server, lambda: s3_backend.deserialize_task_state_store_from_ref(ref)) == {
-        "GET": 1
-    }
+    assert requests_of(moto_server, lambda: s3_backend.deserialize_task_state_store_from_ref(ref)) == {"GET": 1}
 
 
 def test_async_methods_cost_the_same(s3_backend: ObjectStoreBackend, moto_server: Any) -> None:
