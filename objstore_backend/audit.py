@@ -136,7 +136,7 @@ def _s3_rule_prefix(rule: dict[str, Any]) -> str | None:
     rule_filter = rule.get("Filter", {})
     if "Tag" in rule_filter or rule_filter.get("And", {}).get("Tags"):
         return None  # state objects carry no tags
-    return rule_filter.get("Prefix", rule_filter.get("And", {}).get("Prefix", rule.get("Prefix", "")))
+    return str(rule_filter.get("Prefix", rule_filter.get("And", {}).get("Prefix", rule.get("Prefix", ""))))
 
 
 def check_s3_bucket(config: dict[str, Any], base_prefix: str) -> list[Finding]:
@@ -429,4 +429,5 @@ async def _audit(store: ObjectStore, fs: Any, concurrency: int) -> AuditReport:
 
 def run_audit(store: ObjectStore, *, concurrency: int = 32) -> AuditReport:
     """Inventory and bucket checks, read-only."""
-    return store._run(lambda fs: _audit(store, fs, concurrency))
+    report: AuditReport = store._run(lambda fs: _audit(store, fs, concurrency))
+    return report

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def _env(name: str, default: str = "") -> str:
     return os.environ.get(ENV_PREFIX + name, default)
 
 
@@ -266,14 +266,17 @@ def _print_report(report: GCReport) -> None:
 def cmd_gc(args: argparse.Namespace) -> int:
     store = open_store(args)
     options = _gc_options(args)
-    bar = None
     if sys.stderr.isatty() and not args.json:
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"gc {store.url}", unit=" objects", file=sys.stderr)
-    report = run_gc(store, options, progress=bar.update if bar else None)
-    if bar is not None:
-        bar.close()
+        with tqdm(desc=f"gc {store.url}", unit=" objects", file=sys.stderr) as bar:
+
+            def advance(scanned: int) -> None:
+                bar.update(scanned)
+
+            report = run_gc(store, options, progress=advance)
+    else:
+        report = run_gc(store, options)
     if args.json:
         print(orjson.dumps(report.as_dict()).decode())
     else:
@@ -322,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except ValueError as exc:  # bad settings
         print(f"objstore-backend: {exc}", file=sys.stderr)
         return EXIT_USAGE
