@@ -33,17 +33,38 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
+def _subcommand(
+    commands: Any, name: str, func: Any, *, summary: str, description: str, examples: list[str], exit_status: str
+) -> argparse.ArgumentParser:
+    """A subcommand that works on one store: --path and --storage-options, examples in --help."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="examples:\n" + "".join(f"  objstore-backend {example}\n" for example in examples) + exit_status,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--path",
         help="base URL of the store (default: $OBJSTORE_BACKEND_PATH, "
         "$AIRFLOW__OBJSTORE_BACKEND__PATH, else $AIRFLOW_HOME/state_store)",
     )
     parser.add_argument(
-        "--storage-options",
-        metavar="JSON",
-        help="fsspec storage options as a JSON object (e.g. an endpoint_url)",
+        "--storage-options", metavar="JSON", help="fsspec storage options as a JSON object (e.g. an endpoint_url)"
     )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _sweep_options(parser: argparse.ArgumentParser, *, json_help: str, concurrency_help: str) -> None:
+    """The flags the GC and the audit share, each defaulting to its OBJSTORE_BACKEND_* env var."""
+    parser.add_argument("--json", action="store_true", default=_env_flag("JSON"), help=json_help)
+    parser.add_argument(
+        "--concurrency", type=int, default=int(_env("CONCURRENCY", "32")), help=f"{concurrency_help} (default 32)"
+    )
+
+
+_SIMPLE_EXIT = "exit status: 0 success, 1 an operation failed, 2 bad usage or settings"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,68 +77,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ls = commands.add_parser(
+    ls = _subcommand(
+        commands,
         "ls",
-        help="list stored keys with their mode, expiry and size",
+        cmd_ls,
+        summary="list stored keys with their mode, expiry and size",
         description="List the keys under the base path (or under --prefix), one line each.",
-        epilog="example: objstore-backend ls --path s3://bucket/airflow/state/ --prefix task/my_dag/",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["ls --path s3://bucket/airflow/state/ --prefix task/my_dag/"],
+        exit_status=_SIMPLE_EXIT,
     )
-    _store_options(ls)
     ls.add_argument("--prefix", default="", help="only keys under this path (relative to the base)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    ls.set_defaults(func=cmd_ls)
 
-    get = commands.add_parser(
+    get = _subcommand(
+        commands,
         "get",
-        help="print one stored value",
+        cmd_get,
+        summary="print one stored value",
         description="Print the JSON value stored at PATH (as `ls` shows it) and, with -m, its metadata.",
-        epilog="example: objstore-backend get task/my_dag/manual__2026-01-01/extract/-1/job_id",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["get -m task/my_dag/manual__2026-01-01/extract/-1/job_id"],
+        exit_status=_SIMPLE_EXIT,
     )
-    _store_options(get)
     get.add_argument("object_path", metavar="PATH", help="the key's path relative to the base")
     get.add_argument("-m", "--metadata", action="store_true", help="also print mode and expiry")
-    get.set_defaults(func=cmd_get)
 
-    gc = commands.add_parser(
+    gc = _subcommand(
+        commands,
         "gc",
-        help="delete expired (and orphaned offload) objects",
+        cmd_gc,
+        summary="delete expired (and orphaned offload) objects",
         description=(
             "Sweep the store once: delete primary-mode objects whose expiry has passed and, with\n"
             "--airflow-db, offload objects Airflow no longer references. Never deletes never-expiring,\n"
             "unexpired, foreign or unreadable objects. Every flag can also be set as an env var\n"
             f"{ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}SHARD=0/4)."
         ),
-        epilog=(
-            "examples:\n"
-            "  objstore-backend gc --path s3://bucket/airflow/state/ --dry-run\n"
-            "  objstore-backend gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64\n"
-            "  objstore-backend gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600\n"
-            "exit status: 0 all went well, 1 some read or delete failed (see errors), 2 bad usage"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "gc --path s3://bucket/airflow/state/ --dry-run",
+            "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64",
+            "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
+        ],
+        exit_status="exit status: 0 all went well, 1 some read or delete failed (see errors), 2 bad usage",
     )
-    _store_options(gc)
+    _sweep_options(
+        gc, json_help="print the summary as one JSON object on the last line", concurrency_help="requests in flight"
+    )
     gc.add_argument("--dry-run", action="store_true", default=_env_flag("DRY_RUN"), help="delete nothing")
-    gc.add_argument(
-        "--concurrency",
-        type=int,
-        default=int(_env("CONCURRENCY", "32")),
-        help="requests in flight (default 32)",
-    )
     gc.add_argument(
         "--shard",
         type=parse_shard,
         default=_env("SHARD", "0/1"),
         metavar="I/N",
         help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
-    )
-    gc.add_argument(
-        "--json",
-        action="store_true",
-        default=_env_flag("JSON"),
-        help="print the summary as one JSON object on the last line",
     )
     gc.add_argument(
         "--airflow-db",
@@ -139,31 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch: DeleteObjects with per-key ETag conditions (AWS S3, GCS); single: one "
         "conditional delete per key, for S3-compatible servers that ignore batch conditions",
     )
-    gc.set_defaults(func=cmd_gc)
 
-    audit = commands.add_parser(
+    audit = _subcommand(
+        commands,
         "audit",
-        help="inventory the store and check the bucket's configuration",
+        cmd_audit,
+        summary="inventory the store and check the bucket's configuration",
         description=(
             "Read-only. Inventory: keys and bytes by mode, scope kind and DAG, the expired-but-not-\n"
             "collected backlog, never-expiring keys, offload objects, the largest values, foreign or\n"
             "unreadable objects. Findings: bucket settings that would destroy live state or keep dead\n"
             "state forever (lifecycle rules, versioning, soft delete, retention, encryption, public access)."
         ),
-        epilog=(
-            "examples:\n"
-            "  objstore-backend audit --path s3://bucket/airflow/state/\n"
-            "  objstore-backend audit --path gs://bucket/airflow/state/ --json --fail-on warning\n"
-            "exit status: 0 no finding at or above --fail-on, 1 some finding is, or the audit failed; 2 bad usage"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "audit --path s3://bucket/airflow/state/",
+            "audit --path gs://bucket/airflow/state/ --json --fail-on warning",
+        ],
+        exit_status="exit status: 0 no finding at or above --fail-on, 1 some finding is, or the audit failed; "
+        "2 bad usage",
     )
-    _store_options(audit)
-    audit.add_argument(
-        "--json",
-        action="store_true",
-        default=_env_flag("JSON"),
-        help='print {"inventory": ..., "findings": [...]} as one JSON document',
+    _sweep_options(
+        audit,
+        json_help='print {"inventory": ..., "findings": [...]} as one JSON document',
+        concurrency_help="HEAD requests in flight while taking the inventory",
     )
     audit.add_argument(
         "--fail-on",
@@ -171,13 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("FAIL_ON", "error"),
         help="exit 1 when a finding is at this level or above (default error)",
     )
-    audit.add_argument(
-        "--concurrency",
-        type=int,
-        default=int(_env("CONCURRENCY", "32")),
-        help="HEAD requests in flight while taking the inventory (default 32)",
-    )
-    audit.set_defaults(func=cmd_audit)
     return parser
 
 

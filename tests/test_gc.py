@@ -12,9 +12,9 @@ from airflow.sdk.state import AssetScope, TaskScope
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.gc import GCOptions, _Sweep, parse_shard, run_gc
+from objstore_backend.gc import GCOptions, parse_shard, run_gc
 from objstore_backend.layout import object_path
-from objstore_backend.store import ObjectMetadata
+from tests.gc_race import gc_racing_a_rewrite
 
 PAST = datetime.now(timezone.utc) - timedelta(minutes=1)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -119,18 +119,7 @@ def test_a_key_rewritten_between_check_and_delete_survives(where: str, request: 
     scope = TaskScope("d", "r", "progress")
     backend.set(scope, "k", '"old"', expires_at=PAST)
     backend.set(scope, "other", '"old"', expires_at=PAST)
-    original_delete = _Sweep.delete
-
-    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list) -> None:
-        # the interleaving: a writer rewrites the key after the GC checked it, before the delete
-        await self.store.awrite(object_path(scope, "k"), b'"new"', ObjectMetadata("primary", FUTURE))
-        await original_delete(self, fs, due)
-
-    try:
-        _Sweep.delete = rewrite_then_delete  # type: ignore[method-assign]
-        report = run_gc(backend.store, options)
-    finally:
-        _Sweep.delete = original_delete  # type: ignore[method-assign]
+    report = gc_racing_a_rewrite(backend, scope, "k", options)
     assert backend.get(scope, "k") == '"new"'
     assert backend.get(scope, "other") is None
     assert (report.expired, report.deleted, report.kept, report.errors) == (2, 1, 1, 0)

@@ -21,9 +21,10 @@ from airflow.sdk.state import AssetScope, TaskScope
 
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.gc import GCOptions, _Sweep, run_gc
+from objstore_backend.gc import GCOptions, run_gc
 from objstore_backend.layout import object_path
-from objstore_backend.store import GCSTransport, ObjectMetadata
+from objstore_backend.store import GCSTransport
+from tests.gc_race import gc_racing_a_rewrite
 
 TASK = TaskScope("etl", "run", "load", 0)
 PAST = datetime.now(timezone.utc) - timedelta(minutes=1)
@@ -117,17 +118,7 @@ def test_gc_deletes_with_if_generation_match_and_a_rewritten_key_survives(
     scope = TaskScope("d", "r", "progress")
     gcs_backend.set(scope, "k", '"old"', expires_at=PAST)
     gcs_backend.set(scope, "other", '"old"', expires_at=PAST)
-    original_delete = _Sweep.delete
-
-    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list) -> None:
-        await self.store.awrite(object_path(scope, "k"), b'"new"', ObjectMetadata("primary", FUTURE))
-        await original_delete(self, fs, due)
-
-    try:
-        _Sweep.delete = rewrite_then_delete  # type: ignore[method-assign]
-        report = run_gc(gcs_backend.store)
-    finally:
-        _Sweep.delete = original_delete  # type: ignore[method-assign]
+    report = gc_racing_a_rewrite(gcs_backend, scope, "k", GCOptions())
     assert gcs_backend.get(scope, "k") == '"new"' and gcs_backend.get(scope, "other") is None
     assert (report.deleted, report.kept, report.errors) == (1, 1, 0)  # the 412 is "kept", not an error
     deletes = [query for method, _, query in proxy.log.snapshot() if method == "DELETE"]
