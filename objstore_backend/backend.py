@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
-from objstore_backend.errors import StateObjectMissingError, StoreError
+from objstore_backend.errors import CorruptObjectError, StateObjectMissingError, StoreError
 from objstore_backend.layout import object_path, parse, scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
@@ -95,17 +95,25 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
             return ref[len(OBJECT_REF_PREFIX) :]
         return None
 
-    @staticmethod
-    def _primary_answer(found: StoredObject | None) -> str | None:
-        """What a ``get`` returns for the object read: expired means gone."""
+    def _primary_answer(self, path: str, found: StoredObject | None) -> str | None:
+        """What a ``get`` returns for the object read: expired means gone, damaged says so."""
         if found is None or found.metadata.is_expired():
             return None
+        self._decode(path, found.body)  # a body damaged in the bucket fails here, naming its path
         return found.body.decode("utf-8")
+
+    def _decode(self, path: str, body: bytes) -> Any:
+        try:
+            return decode_json(body)
+        except ValueError as exc:  # not UTF-8, or not one JSON document
+            raise CorruptObjectError(
+                f"{self.store.display_path(path)}: the stored value is not a JSON document ({exc})"
+            ) from exc
 
     def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
-        return self._primary_answer(self._adopted_as_ref(path, self.store.read(path)))
+        return self._primary_answer(path, self._adopted_as_ref(path, self.store.read(path)))
 
     def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
@@ -126,7 +134,7 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
     async def aget(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
-        return self._primary_answer(self._adopted_as_ref(path, await self.store.aread(path)))
+        return self._primary_answer(path, self._adopted_as_ref(path, await self.store.aread(path)))
 
     async def aset(
         self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
@@ -195,7 +203,7 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
                 f"Airflow references state object {self.store.display_path(path)}, which is missing "
                 "(deleted by hand, by a bucket lifecycle rule, or written to another base path)"
             )
-        return decode_json(found.body)
+        return self._decode(path, found.body)
 
     def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:
         # docstring inherited

@@ -2,16 +2,24 @@
 
 Each subclasses the built-in exception a caller would already catch (``FileNotFoundError``,
 ``PermissionError``, ``ValueError``, ``OSError``) and keeps the store's own error as
-``__cause__``.
+``__cause__``. Messages name the object (``store.display_path``: protocol, bucket and key,
+never credentials) and the cause; a request that failed after retries says how many attempts
+were made.
 """
 
 from __future__ import annotations
 
-__all__ = ["BucketNotFoundError", "CorruptObjectError", "StateObjectMissingError", "StoreError"]
+__all__ = [
+    "BucketNotFoundError",
+    "CorruptObjectError",
+    "StateObjectMissingError",
+    "StoreAccessDenied",
+    "StoreError",
+]
 
 
 class StoreError(OSError):
-    """An object store request failed for good (after the retries the client allows)."""
+    """An object store request failed for good (after the retries the policy allows)."""
 
 
 class BucketNotFoundError(StoreError, FileNotFoundError):
@@ -24,3 +32,7 @@ class StateObjectMissingError(StoreError, FileNotFoundError):
 
 class CorruptObjectError(StoreError, ValueError):
     """An object under the base path is not a state object this package wrote."""
+
+
+class StoreAccessDenied(StoreError, PermissionError):
+    """The store refused the credentials, or they may not do this (never retried)."""

@@ -9,22 +9,30 @@ calls), so no logic exists twice.
 
 Reads never go through s3fs/gcsfs listing caches: a store shared by many processes must see
 what the others wrote (a cached listing answers "missing" for a key written since).
+
+Failures are retried and translated in one place, :meth:`Transport.attempt`: one
+:class:`RetryPolicy` per store (bounded exponential backoff with full jitter), applied to what
+the client library does not already retry, so retries never multiply; what still fails raises a
+:class:`~objstore_backend.errors.StoreError` naming the object and the cause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import os
+import random
 import re
+import secrets
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import fsspec
@@ -33,10 +41,15 @@ import orjson
 from fsspec.core import split_protocol
 
 from objstore_backend.codec import decompress
-from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StoreError
+from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StoreAccessDenied, StoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES
 
-__all__ = ["ListedObject", "Mode", "ObjectMetadata", "ObjectStore", "StoredObject"]
+try:  # POSIX: writers and the GC's conditional delete on the local disk agree through flock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ListedObject", "Mode", "ObjectMetadata", "ObjectStore", "RetryPolicy", "StoredObject"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +62,10 @@ META_MODE = "objstoremode"
 META_EXPIRES = "objstoreexpires"
 #: Set when the server side adopted an object the worker side wrote (both modes configured).
 META_ADOPTED = "objstoreadopted"
+#: S3 only: how many bytes of JSON whitespace follow the body (see :meth:`S3Transport.write`).
+META_PAD = "objstorepad"
+#: Local disk only: a nonce per write, the version the GC compares (see :meth:`LocalTransport._version`).
+META_WRITE = "objstorewrite"
 
 #: Filesystems without per-object metadata (local disk, memory) keep it in a header line
 #: before the body, in the same file, so body and metadata are still written at once.
@@ -123,11 +140,191 @@ def parse_time(text: str) -> datetime:
     return moment
 
 
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often, and how patiently, a request that failed for a passing reason is tried again.
+
+    ``attempts`` tries in all (the first included). Before try ``n + 1`` the policy sleeps a
+    random time between 0 and ``min(max_delay, base_delay * 2 ** (n - 1))`` seconds
+    (exponential backoff with full jitter, so many clients throttled together spread out).
+    Defaults: 5 tries, waits capped at 0.2, 0.4, 0.8 and 1.6 s (at most 3 s in all, 1.5 s on
+    average). Only errors that can pass are retried (throttling, 5xx, timeouts, dropped or
+    truncated connections); refusals (access denied, a missing bucket) fail at once.
+
+    Set it with the storage option ``"retry": {"attempts": 5, "base_delay": 0.2, "max_delay": 10}``
+    (or ``"retry": N`` for N attempts); the option is read by the store, never passed to fsspec.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"retry attempts must be a whole number >= 1, got {self.attempts!r}")
+        for name in ("base_delay", "max_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"retry {name} must be a number of seconds >= 0, got {value!r}")
+
+    @classmethod
+    def from_option(cls, raw: Any) -> RetryPolicy:
+        """From the ``retry`` storage option: ``None``, a number of attempts, or a mapping."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, RetryPolicy):
+            return raw
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return cls(attempts=raw)
+        if isinstance(raw, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(raw) - known)
+            if unknown:
+                raise ValueError(f"unknown retry settings {unknown}: use {sorted(known)}")
+            return cls(**raw)
+        raise ValueError(f"the retry storage option must be a number of attempts or an object, got {raw!r}")
+
+    def backoff(self, failed: int) -> float:
+        """Seconds to wait after the ``failed``-th failed try."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (failed - 1)))
+
+
+#: The option the store reads out of ``storage_options`` for its :class:`RetryPolicy`.
+RETRY_OPTION = "retry"
+
+_MAX_CAUSE_CHARS = 500
+
+
+def _service_error(exc: BaseException) -> tuple[str | None, int | None, str | None]:
+    """(error code, HTTP status, message) the service answered, if ``exc`` carries an answer.
+
+    Looks through the chain: s3fs turns botocore's ``ClientError`` into a built-in ``OSError``
+    and keeps it as ``__cause__``; gcsfs raises an ``HttpError`` with ``code`` and ``message``.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        response = getattr(current, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            error = response.get("Error", {})
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return error.get("Code"), status, error.get("Message")
+        code = getattr(current, "code", None)
+        if type(current).__name__ == "HttpError" and isinstance(code, int):
+            return None, code, getattr(current, "message", None)
+        current = current.__cause__
+        seen += 1
+    return None, None, None
+
+
+def describe_cause(exc: BaseException) -> str:
+    """A one-line description of what went wrong: the service's code and message, or the error."""
+    code, status, message = _service_error(exc)
+    if code or status:
+        if code and status and code != str(status):
+            head = f"{code} (HTTP {status})"
+        else:
+            head = f"HTTP {status}" if status else str(code)
+        text = f"{head}: {message}" if message else head
+    else:
+        text = _name_and_detail(exc)
+        root = exc
+        for _ in range(6):  # botocore names the request, the innermost error what happened
+            inner = root.__cause__ or root.__context__
+            if inner is None:
+                break
+            root = inner
+        if type(root) is not type(exc) and not isinstance(root, asyncio.CancelledError):
+            text += f" ({_name_and_detail(root)})"
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_CAUSE_CHARS else text[: _MAX_CAUSE_CHARS - 3] + "..."
+
+
+def _name_and_detail(exc: BaseException) -> str:
+    detail = str(exc) or ("no answer within the timeout" if isinstance(exc, TimeoutError) else "")
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _is_access_denied(exc: BaseException) -> bool:
+    if isinstance(exc, PermissionError):
+        return True
+    _, status, _ = _service_error(exc)
+    return status in (401, 403) or str(exc).startswith("Forbidden")  # gcsfs: OSError("Forbidden: ...")
+
+
+def translate_error(exc: Exception, action: str, where: str, attempts: int) -> Exception:
+    """The error to raise for ``exc``, which ended ``action`` on ``where`` after ``attempts`` tries.
+
+    Our own errors pass unchanged; callers' mistakes (``ValueError``, ``TypeError``) too. The
+    rest become a :class:`StoreError` (a :class:`StoreAccessDenied` when the store refused the
+    credentials), naming the object and the cause. ``where`` never holds credentials.
+    """
+    if isinstance(exc, (StoreError, ValueError, TypeError)):
+        return exc
+    after = f" after {attempts} attempts" if attempts > 1 else ""
+    cause = describe_cause(exc)
+    if _is_access_denied(exc):
+        return StoreAccessDenied(f"{action} {where}: access denied{after}: {cause}")
+    if isinstance(exc, (FileNotFoundError, FileExistsError)):  # "missing" / "changed": callers decide
+        return exc
+    return StoreError(f"{action} {where} failed{after}: {cause}")
+
+
+def _display_as_is(path: str) -> str:
+    return path
+
+
 class Transport(ABC):
     """The requests of one protocol family. Paths are full fsspec paths without protocol."""
 
     #: The filesystem's methods are coroutines (s3fs, gcsfs): bind one instance per loop.
     is_async: bool = True
+
+    def __init__(self, retry: RetryPolicy | None = None, display: Callable[[str], str] | None = None) -> None:
+        self.retry = retry or RetryPolicy()
+        #: full path -> what messages show (protocol, bucket, key; never credentials)
+        self.display = display or _display_as_is
+
+    def retriable(self, exc: BaseException) -> bool:
+        """Whether a failure can pass, and is not retried by the client library already."""
+        return False
+
+    def client_attempts(self, exc: BaseException) -> int:
+        """How many times the client library itself sent the request that failed with ``exc``."""
+        return 1
+
+    async def attempt(self, action: str, path: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``call`` under the retry policy; raise the translated error if it still fails.
+
+        ``action`` and ``path`` name the operation in messages ("writing s3://b/p/k failed
+        after 5 attempts: SlowDown (HTTP 503): Please reduce your request rate.").
+        """
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await call()
+            except Exception as exc:
+                if tries < self.retry.attempts and not isinstance(exc, StoreError) and self.retriable(exc):
+                    delay = self.retry.backoff(tries)
+                    logger.debug(
+                        "%s %s: try %d of %d failed (%s); again in %.3f s",
+                        action,
+                        self.display(path),
+                        tries,
+                        self.retry.attempts,
+                        describe_cause(exc),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                translated = translate_error(exc, action, self.display(path), tries - 1 + self.client_attempts(exc))
+                if translated is exc:
+                    raise
+                raise translated from exc
 
     @abstractmethod
     async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
@@ -185,8 +382,84 @@ def _client_error_code(exc: BaseException) -> str | None:
     return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
+#: S3 error codes that can pass (throttling, server trouble): retried. Statuses likewise.
+_S3_RETRY_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "XAmzContentSHA256Mismatch",
+    }
+)
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_JSON_WHITESPACE = b" \t\n\r"
+
+
+def _s3_network_errors() -> tuple[type[BaseException], ...]:
+    """Dropped, stalled or truncated exchanges, as botocore, aiohttp and the stdlib raise them."""
+    import http.client
+
+    import aiohttp
+    import botocore.exceptions as bce  # type: ignore[import-untyped]
+    from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
+
+    return (
+        TimeoutError,
+        asyncio.TimeoutError,
+        ConnectionError,
+        http.client.IncompleteRead,
+        bce.HTTPClientError,  # read/connect timeouts, connection closed, proxy errors
+        bce.ConnectionError,  # endpoint connection errors (a reset looks like one)
+        ResponseParserError,  # a throttling answer with a broken body
+        bce.IncompleteReadError,
+        aiohttp.ClientPayloadError,  # the body ended before its Content-Length
+        aiohttp.ClientConnectionError,
+    )
+
+
 class S3Transport(Transport):
-    """S3 through s3fs's raw client calls: no HEAD, no listing cache."""
+    """S3 through s3fs's raw client calls: no HEAD, no listing cache.
+
+    Retries are this transport's alone: the store turns botocore's off (``total_max_attempts``
+    1), requests bypass s3fs's retry loop (:meth:`_call`), and :meth:`attempt` retries
+    throttling (503 SlowDown, 429), 5xx, timeouts, dropped connections and truncated bodies,
+    the body read included (which neither botocore nor s3fs's ``_call_s3`` covers).
+    """
+
+    _network_errors: tuple[type[BaseException], ...] | None = None
+
+    @staticmethod
+    async def _call(fs: Any, operation: str, **kwargs: Any) -> Any:
+        """One request with s3fs's client and per-request settings (``s3_additional_kwargs``,
+        requester pays), its error translation, and none of its retry loop (``_call_s3``'s)."""
+        from botocore.exceptions import ClientError
+        from s3fs.errors import translate_boto_error
+
+        await fs.set_session()
+        method = getattr(await fs.get_s3(kwargs.get("Bucket")), operation)
+        try:
+            return await method(**fs._get_s3_method_kwargs(method, **kwargs))
+        except ClientError as exc:
+            raise translate_boto_error(exc) from exc
+
+    def retriable(self, exc: BaseException) -> bool:
+        code, status, _ = _service_error(exc)
+        if code is not None or status is not None:
+            return code in _S3_RETRY_CODES or status in _RETRY_STATUSES
+        if S3Transport._network_errors is None:
+            S3Transport._network_errors = _s3_network_errors()
+        return isinstance(exc, S3Transport._network_errors)
 
     @staticmethod
     def _split(fs: Any, path: str) -> tuple[str, str]:
@@ -201,57 +474,105 @@ class S3Transport(Transport):
 
     async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
         bucket, key = self._split(fs, path)
-        try:
-            response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        except FileNotFoundError as exc:
-            if _client_error_code(exc) == "NoSuchKey":
-                return None
-            raise self._missing_bucket(exc, bucket) from exc
-        async with response["Body"] as stream:
-            body = await stream.read()
-        return body, response.get("Metadata", {})
+
+        async def get_and_read_body() -> tuple[bytes, dict[str, str]] | None:
+            try:
+                response = await self._call(fs, "get_object", Bucket=bucket, Key=key)
+            except FileNotFoundError as exc:
+                if _client_error_code(exc) == "NoSuchKey":
+                    return None
+                raise self._missing_bucket(exc, bucket) from exc
+            async with response["Body"] as stream:
+                body = await stream.read()
+            return body, response.get("Metadata", {})
+
+        found = await self.attempt("reading", path, get_and_read_body)
+        return None if found is None else self._unpad(*found, path)
+
+    def _unpad(self, body: bytes, metadata: dict[str, str], path: str) -> tuple[bytes, dict[str, str]]:
+        pad = metadata.get(META_PAD)
+        if pad is None:
+            return body, metadata
+        size = int(pad) if pad.isdigit() else -1
+        if not 0 <= size <= len(body) or body[len(body) - size :].strip(_JSON_WHITESPACE):
+            raise CorruptObjectError(f"{self.display(path)}: its {META_PAD} metadata does not match the body")
+        return body[: len(body) - size], metadata
+
+    @staticmethod
+    def _with_nonce(body: bytes, metadata: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        """Make this write's bytes, hence its ETag, unlike any earlier write's.
+
+        The ETag of a plain PUT is the MD5 of the body, and the GC deletes with ``If-Match``
+        on the ETag it checked: a key rewritten with the same value and a fresh expiry
+        between the check and the delete would keep its ETag and be deleted though live.
+        A gzip body gets an empty gzip member with a random timestamp (readers see the same
+        bytes: gzip decompresses members one after another); a JSON body gets 16 bytes of
+        random JSON whitespace, counted in the ``objstorepad`` metadata and stripped on read.
+        """
+        if body[:2] == b"\x1f\x8b":
+            return body + gzip.compress(b"", mtime=secrets.randbits(32)), metadata
+        pad = bytes(secrets.choice(_JSON_WHITESPACE) for _ in range(16))
+        return body + pad, {**metadata, META_PAD: str(len(pad))}
 
     async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
         bucket, key = self._split(fs, path)
-        try:
-            await fs._call_s3(
-                "put_object",
-                Bucket=bucket,
-                Key=key,
-                Body=body,
-                Metadata=metadata,
-                ContentType="application/json",
-            )
-        except FileNotFoundError as exc:
-            raise self._missing_bucket(exc, bucket) from exc
+        body, metadata = self._with_nonce(body, metadata)
+
+        async def put() -> None:
+            try:
+                await self._call(
+                    fs,
+                    "put_object",
+                    Bucket=bucket,
+                    Key=key,
+                    Body=body,
+                    Metadata=metadata,
+                    ContentType="application/json",
+                )
+            except FileNotFoundError as exc:
+                raise self._missing_bucket(exc, bucket) from exc
+
+        await self.attempt("writing", path, put)
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
         bucket, key = self._split(fs, path)
-        try:
-            response = await fs._call_s3("head_object", Bucket=bucket, Key=key)
-        except FileNotFoundError as exc:
-            if _client_error_code(exc) in ("404", "NoSuchKey"):
-                return None
-            raise self._missing_bucket(exc, bucket) from exc
-        return response.get("Metadata", {})
+
+        async def head_object() -> Any:
+            try:
+                response = await self._call(fs, "head_object", Bucket=bucket, Key=key)
+            except FileNotFoundError as exc:
+                if _client_error_code(exc) in ("404", "NoSuchKey"):
+                    return None
+                raise self._missing_bucket(exc, bucket) from exc
+            return response.get("Metadata", {})
+
+        return await self.attempt("reading the metadata of", path, head_object)
 
     async def delete(self, fs: Any, path: str) -> None:
         bucket, key = self._split(fs, path)
-        try:
-            await fs._call_s3("delete_object", Bucket=bucket, Key=key)
-        except FileNotFoundError as exc:
-            raise self._missing_bucket(exc, bucket) from exc
+
+        async def delete_object() -> None:
+            try:
+                await self._call(fs, "delete_object", Bucket=bucket, Key=key)
+            except FileNotFoundError as exc:
+                raise self._missing_bucket(exc, bucket) from exc
+
+        await self.attempt("deleting", path, delete_object)
 
     async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
         bucket, key_prefix = self._split(fs, prefix)
         token: dict[str, str] = {}
-        while True:
+
+        async def list_page() -> Any:
             try:
-                page = await fs._call_s3(
-                    "list_objects_v2", Bucket=bucket, Prefix=key_prefix, MaxKeys=S3_DELETE_BATCH, **token
+                return await self._call(
+                    fs, "list_objects_v2", Bucket=bucket, Prefix=key_prefix, MaxKeys=S3_DELETE_BATCH, **token
                 )
             except FileNotFoundError as exc:
                 raise self._missing_bucket(exc, bucket) from exc
+
+        while True:
+            page = await self.attempt("listing", prefix, list_page)
             yield [
                 ListedObject(f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None, item["LastModified"])
                 for item in page.get("Contents", [])
@@ -264,7 +585,12 @@ class S3Transport(Transport):
 
     async def _delete_if_match(self, fs: Any, path: str, etag: str | None) -> None:
         bucket, key = self._split(fs, path)
-        await fs._call_s3("delete_object", Bucket=bucket, Key=key, **({"IfMatch": etag} if etag else {}))
+        condition = {"IfMatch": etag} if etag else {}
+
+        async def delete_object() -> None:
+            await self._call(fs, "delete_object", Bucket=bucket, Key=key, **condition)
+
+        await self.attempt("deleting", path, delete_object)
 
     async def delete_batch(
         self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
@@ -274,13 +600,20 @@ class S3Transport(Transport):
         if not batched:
             results = await _bounded(concurrency, [self._delete_if_match(fs, p, v) for p, v in items])
             return [
-                (path, self._REASONS.get(_client_error_code(result) or "", repr(result)))
+                (path, self._REASONS.get(_service_error(result)[0] or "", str(result)))
                 for (path, _), result in zip(items, results, strict=True)
                 if isinstance(result, Exception)
             ]
         bucket = self._split(fs, items[0][0])[0]
         objects = [{"Key": self._split(fs, p)[1], **({"ETag": v} if v else {})} for p, v in items]
-        response = await fs._call_s3("delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+        async def delete_objects() -> Any:
+            return await self._call(fs, "delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+        try:
+            response = await self.attempt(f"deleting {len(items)} objects in", bucket, delete_objects)
+        except StoreError as exc:  # the request failed as a whole: every key is reported, none dropped
+            return [(path, str(exc)) for path, _ in items]
         return [
             (
                 f"{bucket}/{err['Key']}",
@@ -303,51 +636,87 @@ class GCSTransport(Transport):
     _META_HEADER = "x-goog-meta-"
     _BOUNDARY = "objstore-backend-batch"
 
+    def retriable(self, exc: BaseException) -> bool:
+        """gcsfs retries 429, 5xx, dropped and truncated connections itself (6 tries, jittered
+        exponential backoff); a timeout (``requests_timeout``) it gives up on at once: retry that."""
+        import aiohttp
+
+        return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) and not isinstance(exc, aiohttp.ClientError)
+
+    def client_attempts(self, exc: BaseException) -> int:
+        import gcsfs
+        from gcsfs.retry import is_retriable
+
+        return int(gcsfs.GCSFileSystem.retries) if is_retriable(exc) else 1
+
     async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
         bucket, key, _ = fs.split_path(path)
-        try:
-            headers, body = await fs._call("GET", "b/{}/o/{}", bucket, key, alt="media")
-        except FileNotFoundError:
+
+        async def download() -> Any:
+            try:
+                return await fs._call("GET", "b/{}/o/{}", bucket, key, alt="media")
+            except FileNotFoundError:
+                return None
+
+        found = await self.attempt("reading", path, download)
+        if found is None:
             return None
+        headers, body = found
         prefix = len(self._META_HEADER)
         return body, {k[prefix:].lower(): v for k, v in headers.items() if k.lower().startswith(self._META_HEADER)}
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
         bucket, key, _ = fs.split_path(path)
-        try:
-            info = await fs._call("GET", "b/{}/o/{}", bucket, key, json_out=True)
-        except FileNotFoundError:
-            return None
-        return info.get("metadata", {})
+
+        async def get_resource() -> Any:
+            try:
+                info = await fs._call("GET", "b/{}/o/{}", bucket, key, json_out=True)
+            except FileNotFoundError:
+                return None
+            return info.get("metadata", {})
+
+        return await self.attempt("reading the metadata of", path, get_resource)
 
     async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
         fixed: dict[str, Any] = {}
         if META_EXPIRES in metadata:  # lets a daysSinceCustomTime=0 lifecycle rule expire it
             fixed["custom_time"] = metadata[META_EXPIRES]
-        try:
-            await fs._pipe_file(
-                path, body, content_type="application/json", metadata=metadata, fixed_key_metadata=fixed or None
-            )
-        except FileNotFoundError as exc:  # an upload only 404s when the bucket is missing
-            raise BucketNotFoundError(f"bucket {fs.split_path(path)[0]!r} does not exist") from exc
+
+        async def upload() -> None:
+            try:
+                await fs._pipe_file(
+                    path, body, content_type="application/json", metadata=metadata, fixed_key_metadata=fixed or None
+                )
+            except FileNotFoundError as exc:  # an upload only 404s when the bucket is missing
+                raise BucketNotFoundError(f"bucket {fs.split_path(path)[0]!r} does not exist") from exc
+
+        await self.attempt("writing", path, upload)
 
     async def delete(self, fs: Any, path: str) -> None:
         bucket, key, _ = fs.split_path(path)
-        try:
-            await fs._call("DELETE", "b/{}/o/{}", bucket, key)
-        except FileNotFoundError:
-            pass
+
+        async def delete_object() -> None:
+            try:
+                await fs._call("DELETE", "b/{}/o/{}", bucket, key)
+            except FileNotFoundError:
+                pass
+
+        await self.attempt("deleting", path, delete_object)
 
     async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
         bucket, key_prefix, _ = fs.split_path(prefix)
         token: dict[str, str] = {}
-        while True:
+
+        async def list_page() -> Any:
             try:
-                page = await fs._call(
+                return await fs._call(
                     "GET", "b/{}/o", bucket, prefix=key_prefix, maxResults=1000, json_out=True, **token
                 )
             except FileNotFoundError as exc:  # listing a missing bucket
                 raise BucketNotFoundError(f"bucket {bucket!r} does not exist") from exc
+
+        while True:
+            page = await self.attempt("listing", prefix, list_page)
             yield [
                 ListedObject(
                     f"{bucket}/{item['name']}",
@@ -368,7 +737,12 @@ class GCSTransport(Transport):
 
     async def _delete_if_generation(self, fs: Any, path: str, generation: str | None) -> None:
         bucket, key, _ = fs.split_path(path)
-        await fs._call("DELETE", "b/{}/o/{}", bucket, key, **({"ifGenerationMatch": generation} if generation else {}))
+        condition = {"ifGenerationMatch": generation} if generation else {}
+
+        async def delete_object() -> None:
+            await fs._call("DELETE", "b/{}/o/{}", bucket, key, **condition)
+
+        await self.attempt("deleting", path, delete_object)
 
     async def _delete_one_batch(self, fs: Any, items: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
         """One JSON batch request of up to 100 conditional deletes; failures by path."""
@@ -381,11 +755,17 @@ class GCSTransport(Transport):
                 f"DELETE /storage/v1/b/{quote(bucket, safe='')}/o/{quote(key, safe='')}{query} HTTP/1.1\r\n\r\n"
             )
         body = "".join(parts) + f"--{self._BOUNDARY}--\r\n"
-        headers, content = await fs._call(
-            "POST",
-            fs.batch_url_base,
-            headers={"Content-Type": f"multipart/mixed; boundary={self._BOUNDARY}"},
-            data=body,
+
+        async def post_batch() -> Any:
+            return await fs._call(
+                "POST",
+                fs.batch_url_base,
+                headers={"Content-Type": f"multipart/mixed; boundary={self._BOUNDARY}"},
+                data=body,
+            )
+
+        headers, content = await self.attempt(
+            f"deleting {len(items)} objects in", items[0][0].split("/")[0], post_batch
         )
         statuses = _batch_statuses(headers, content)
         failures = []
@@ -402,14 +782,14 @@ class GCSTransport(Transport):
         if batched and self.batch_supported(fs):
             chunks = [items[i : i + self.BATCH_CALLS] for i in range(0, len(items), self.BATCH_CALLS)]
             results = await _bounded(concurrency, [self._delete_one_batch(fs, chunk) for chunk in chunks])
-            failures = []
+            failures: list[tuple[str, str]] = []
             for chunk, result in zip(chunks, results, strict=True):
-                failures += [(path, repr(result)) for path, _ in chunk] if isinstance(result, Exception) else result
+                failures += [(path, str(result)) for path, _ in chunk] if isinstance(result, Exception) else result
             return failures
         results = await _bounded(concurrency, [self._delete_if_generation(fs, p, v) for p, v in items])
-        reasons = {FileNotFoundError: GONE, FileExistsError: CHANGED}  # gcsfs: 404 and 412
+        reasons: dict[type[BaseException], str] = {FileNotFoundError: GONE, FileExistsError: CHANGED}  # 404, 412
         return [
-            (path, reasons.get(type(result), repr(result)))
+            (path, reasons.get(type(result), str(result)))
             for (path, _), result in zip(items, results, strict=True)
             if isinstance(result, Exception)
         ]
@@ -460,7 +840,7 @@ class EnvelopeTransport(Transport):
             data = fs.cat_file(path)
         except (FileNotFoundError, IsADirectoryError):
             return None
-        return self.unpack(data, path)
+        return self.unpack(data, self.display(path))
 
     def _head(self, fs: Any, path: str) -> dict[str, str] | None:
         try:
@@ -469,7 +849,7 @@ class EnvelopeTransport(Transport):
             return None
         if b"\n" not in start[len(ENVELOPE_MAGIC) :]:
             start += b"\n"  # a header longer than the limit is unreadable: unpack says so
-        return self.unpack(start, path)[1]
+        return self.unpack(start, self.display(path))[1]
 
     def _write(self, fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
@@ -487,20 +867,23 @@ class EnvelopeTransport(Transport):
             return []
         return [ListedObject(p, int(info.get("size", 0)), None, None) for p, info in sorted(found.items())]
 
+    # The filesystem is local (disk or memory): nothing to retry, but errors are translated alike.
+
     async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
-        return await asyncio.to_thread(self._read, fs, path)
+        return await self.attempt("reading", path, lambda: asyncio.to_thread(self._read, fs, path))
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
-        return await asyncio.to_thread(self._head, fs, path)
+        return await self.attempt("reading the metadata of", path, lambda: asyncio.to_thread(self._head, fs, path))
 
     async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
-        await asyncio.to_thread(self._write, fs, path, self.pack(body, metadata))
+        data = self.pack(body, metadata)
+        await self.attempt("writing", path, lambda: asyncio.to_thread(self._write, fs, path, data))
 
     async def delete(self, fs: Any, path: str) -> None:
-        await asyncio.to_thread(self._delete, fs, path)
+        await self.attempt("deleting", path, lambda: asyncio.to_thread(self._delete, fs, path))
 
     async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
-        entries = await asyncio.to_thread(self._list, fs, prefix)
+        entries = await self.attempt("listing", prefix, lambda: asyncio.to_thread(self._list, fs, prefix))
         for start in range(0, len(entries), S3_DELETE_BATCH):
             yield entries[start : start + S3_DELETE_BATCH]
 
@@ -514,7 +897,7 @@ class EnvelopeTransport(Transport):
             try:
                 reason = self._delete_if_unchanged(fs, path, version)
             except OSError as exc:
-                reason = repr(exc)
+                reason = str(translate_error(exc, "deleting", self.display(path), 1))
             if reason is not None:
                 failures.append((path, reason))
         return failures
@@ -526,7 +909,14 @@ class EnvelopeTransport(Transport):
 
 
 class LocalTransport(EnvelopeTransport):
-    """The local disk: atomic writes (temp file + rename) and a streamed listing."""
+    """The local disk: atomic writes (temp file + rename) and a streamed listing.
+
+    A writer that dies mid-``set`` leaves at most a ``~tmp-`` file beside the key, which every
+    read and listing ignores; the key itself is the old value or the new one, whole. Writers
+    hold a shared ``flock`` on the key's directory while they rename, the GC's conditional
+    delete an exclusive one while it compares and unlinks: a key rewritten since the GC checked
+    it is never deleted, and readers never see a live key vanish for a moment.
+    """
 
     #: Temporary files start with "~", which no escaped segment does.
     TEMP_MARKER = "~tmp-"
@@ -539,11 +929,16 @@ class LocalTransport(EnvelopeTransport):
         try:
             with open(temp, "wb") as handle:
                 handle.write(data)
-            os.replace(temp, path)
+            with _directory_lock(directory, exclusive=False):
+                os.replace(temp, path)
         except BaseException:
             with _suppress_os_error():
                 os.unlink(temp)
             raise
+
+    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+        # A nonce per write, in the header: the version the GC's conditional delete compares.
+        await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)})
 
     def _delete(self, fs: Any, path: str) -> None:
         try:
@@ -562,30 +957,73 @@ class LocalTransport(EnvelopeTransport):
                 with _suppress_os_error():
                     stat = os.stat(full)
                     modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
-                    entries.append(ListedObject(full, stat.st_size, self._version(stat), None, modified))
+                    entries.append(ListedObject(full, stat.st_size, self._version(full, stat), None, modified))
         return entries
 
-    @staticmethod
-    def _version(stat: os.stat_result) -> str:
-        return f"{stat.st_ino}:{stat.st_mtime_ns}"  # every write is a new file (temp + rename)
+    def _version(self, path: str, stat: os.stat_result) -> str:
+        """What tells one write of a file from another: its write nonce, inode, mtime and size.
+
+        Inode, mtime and size alone are not enough: a freed inode is soon reused, and many
+        filesystems stamp times from a coarse clock (a few ms, or whole seconds), so two quick
+        writes of the same size can share all three. The nonce in the header (files written by
+        this package since it has one) cannot. Read as :meth:`_head` does, a few bytes at most.
+        """
+        nonce = ""
+        with _suppress_os_error():
+            with open(path, "rb") as handle:
+                start = handle.read(self.HEADER_LIMIT)
+            header = start[len(ENVELOPE_MAGIC) : start.find(b"\n", len(ENVELOPE_MAGIC))]
+            if start.startswith(ENVELOPE_MAGIC) and header:
+                with contextlib.suppress(ValueError):
+                    document = orjson.loads(header)
+                    nonce = str(document.get(META_WRITE, "")) if isinstance(document, dict) else ""
+        return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}:{nonce}"
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
-        """Move the file aside atomically, then delete it only if it is the version checked."""
+        """Delete the file only if it is still the version checked."""
         if version is None:
             self._delete(fs, path)
             return None
-        grave = os.path.join(os.path.dirname(path), f"{self.GRAVE_MARKER}{uuid.uuid4().hex}")
         try:
-            os.rename(path, grave)
+            with _directory_lock(os.path.dirname(path), exclusive=True) as locked:
+                if locked:  # no writer can rename over the key until we are done
+                    if self._version(path, os.stat(path)) != version:
+                        return CHANGED
+                    os.unlink(path)
+                    return None
+                return self._delete_by_rename(path, version)
         except FileNotFoundError:
             return GONE
-        if self._version(os.stat(grave)) == version:
+
+    def _delete_by_rename(self, path: str, version: str) -> str | None:
+        """Without flock (some network filesystems): move aside, compare, put back if rewritten."""
+        grave = os.path.join(os.path.dirname(path), f"{self.GRAVE_MARKER}{uuid.uuid4().hex}")
+        os.rename(path, grave)
+        if self._version(grave, os.stat(grave)) == version:
             os.unlink(grave)
             return None
         with _suppress_os_error():  # rewritten since checked: put it back unless a newer one landed
             os.link(grave, path)
         os.unlink(grave)
         return CHANGED
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: str, *, exclusive: bool) -> Iterator[bool]:
+    """``flock`` a directory (shared or exclusive); yields False where flock is unavailable."""
+    if fcntl is None:
+        yield False
+        return
+    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # e.g. ENOLCK / EBADF on a network filesystem
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
 
 
 class _suppress_os_error:
@@ -608,6 +1046,19 @@ _TRANSPORTS: dict[str, type[Transport]] = {
 #: Options that make s3fs/gcsfs answer from the store, never from a process-local cache.
 _NO_CACHE = {"skip_instance_cache": True, "use_listings_cache": False}
 
+#: botocore settings under s3fs (``config_kwargs``): a pool large enough for the GC's fan-out,
+#: and no botocore retries (its "legacy" default retries 5xx and throttling up to 5 times, on
+#: top of s3fs's own loop): :class:`RetryPolicy` is the one retry layer.
+_S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "max_pool_connections": 64,
+    "retries": {"mode": "standard", "total_max_attempts": 1},
+}
+
+
+def _user_set_botocore_retries(transport_class: type[Transport], options: dict[str, Any]) -> bool:
+    config = options.get("config_kwargs")
+    return issubclass(transport_class, S3Transport) and isinstance(config, Mapping) and "retries" in config
+
 
 class ObjectStore:
     """The objects under one base path, read and written whole, sync or async.
@@ -623,15 +1074,23 @@ class ObjectStore:
         storage_options: dict[str, Any] | None = None,
         *,
         filesystem: fsspec.AbstractFileSystem | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         protocol, _ = split_protocol(url)
         self.protocol = protocol or "file"
-        self.storage_options = dict(storage_options or {})
-        self.transport = _TRANSPORTS.get(self.protocol, EnvelopeTransport)()
+        options = dict(storage_options or {})
+        retry_option = options.pop(RETRY_OPTION, None)
+        self.storage_options = options
+        transport_class = _TRANSPORTS.get(self.protocol, EnvelopeTransport)
+        if retry is None and retry_option is None and _user_set_botocore_retries(transport_class, options):
+            retry = RetryPolicy(attempts=1)  # botocore retries as the user asked: one policy, not two
+        self.retry = retry or RetryPolicy.from_option(retry_option)
+        self.transport = transport_class(self.retry, self._display_full)
         if filesystem is None:
             filesystem = self._make_filesystem(asynchronous=False)
         self.fs = filesystem
         self.root = self.fs._strip_protocol(url).rstrip("/")
+        self._check_bucket_name()
         self._check_root_length()
         self._loop_fs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         if isinstance(self.transport, LocalTransport):  # state is private to the Airflow user
@@ -651,8 +1110,26 @@ class ObjectStore:
     def display_path(self, relative: str) -> str:
         return f"{self.url}/{relative}"
 
+    def _display_full(self, full: str) -> str:
+        """A full path as messages show it: like :meth:`display_path`, never credentials."""
+        return full if self.protocol == "file" else f"{self.protocol}://{full}"
+
     def relative(self, full: str) -> str:
         return full[len(self.root) + 1 :]
+
+    def _check_bucket_name(self) -> None:
+        """Refuse credentials in the URL (``s3://KEY:SECRET@bucket``): every message would print them.
+
+        S3 and GCS bucket names never hold ``:`` or ``@`` (S3 access point ARNs aside). The URL
+        itself is not repeated in the error.
+        """
+        bucket = self.root.split("/", 1)[0]
+        if self.transport.is_async and ("@" in bucket or ":" in bucket) and not bucket.startswith("arn:"):
+            raise ValueError(
+                f"the base URL ({self.protocol}://...) does not start with a bucket name: its first part holds "
+                "':' or '@', as credentials written into a URL do. Give credentials in storage_options "
+                "(or an Airflow connection id, scheme://conn_id@bucket/...), never in the URL"
+            )
 
     def _check_root_length(self) -> None:
         key_part = self.root.split("/", 1)[1] if self.transport.is_async and "/" in self.root else ""
@@ -667,8 +1144,10 @@ class ObjectStore:
         options = dict(self.storage_options)
         if self.transport.is_async:
             options = {**_NO_CACHE, **options, "asynchronous": asynchronous}
-            if isinstance(self.transport, S3Transport):  # botocore's pool of 10 would cap the GC's fan-out
-                options["config_kwargs"] = {"max_pool_connections": 64, **options.get("config_kwargs", {})}
+            if isinstance(self.transport, S3Transport):
+                # botocore's pool of 10 would cap the GC's fan-out; botocore's own retries are
+                # off so the store's RetryPolicy is the only one (the user's config_kwargs win).
+                options["config_kwargs"] = {**_S3_CONFIG_DEFAULTS, **options.get("config_kwargs", {})}
             if loop is not None:
                 options["loop"] = loop
         elif self.protocol == "memory":
@@ -733,7 +1212,13 @@ class ObjectStore:
             failures += [f for f in await self.transport.delete_batch(fs, items) if f[1] != GONE]
             deleted += len(items)
         if failures:
-            shown = ", ".join(f"{self.relative(p)} ({why})" for p, why in failures[:5])
+            by_reason: dict[str, list[str]] = {}
+            for path, why in failures:
+                by_reason.setdefault(why, []).append(self.relative(path))
+            shown = "; ".join(
+                f"{', '.join(paths[:5])}{f' and {len(paths) - 5} more' if len(paths) > 5 else ''} ({why})"
+                for why, paths in list(by_reason.items())[:3]
+            )
             raise StoreError(
                 f"clearing {self.display_path(relative_prefix)}: {len(failures)} of {deleted} objects "
                 f"could not be deleted: {shown}"

@@ -3,7 +3,8 @@
 ``store_location`` and ``make_backend`` run a test on each kind of store: memory (fast, the
 fsspec test seam), the local disk (the embedded default), S3 through s3fs against moto's HTTP
 server, and GCS through gcsfs against fake-gcs-server (started here on a free port, behind a
-request-counting proxy).
+request-counting proxy). ``s3_fault_proxy`` / ``s3_fault_options`` put the same fault-injecting
+proxy in front of moto (see ``tests.servers.CountingProxy.inject``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,39 @@ def s3_options(moto_server: CountingMotoServer) -> dict[str, Any]:
         "key": "testing",
         "secret": "testing",
         "client_kwargs": {"region_name": "us-east-1"},
+    }
+
+
+@pytest.fixture(scope="session")
+def s3_fault_proxy_server(moto_server: CountingMotoServer) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(moto_server.endpoint_url, dialect="s3").start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def s3_fault_proxy(s3_fault_proxy_server: CountingProxy) -> Iterator[CountingProxy]:
+    """A fault-injecting proxy in front of moto, clean for each test (see ``CountingProxy.inject``)."""
+    s3_fault_proxy_server.reset()
+    s3_fault_proxy_server.stall_seconds = 0.4
+    yield s3_fault_proxy_server
+    s3_fault_proxy_server.reset()
+
+
+@pytest.fixture
+def s3_fault_options(s3_fault_proxy: CountingProxy) -> dict[str, Any]:
+    """S3 storage options through the fault proxy: short timeouts and a fast retry backoff.
+
+    The read timeout (shorter than the proxy's stall) bounds a ``stall``; the backoff keeps a test
+    of five attempts well under a second.
+    """
+    return {
+        "endpoint_url": s3_fault_proxy.url,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+        "config_kwargs": {"connect_timeout": 0.25, "read_timeout": 0.25},
+        "retry": {"attempts": 5, "base_delay": 0.01, "max_delay": 0.05},
     }
 
 
