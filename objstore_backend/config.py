@@ -60,9 +60,12 @@ def _parse_storage_options(raw: Any) -> dict[str, Any]:
     try:
         options = json.loads(raw)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got {raw!r}: {exc}") from exc
+        # the raw text is not repeated: it may hold credentials
+        raise ValueError(
+            f"[{SECTION}] storage_options must be a JSON object, and is not valid JSON: {exc.msg}"
+        ) from exc
     if not isinstance(options, dict):
-        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got {raw!r}")
+        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got a {type(options).__name__}")
     return options
 
 
@@ -94,7 +97,7 @@ class StoreSettings:
     """Where and how state is stored. Checked at construction: a bad setting fails at once."""
 
     path: str = ""
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     threshold_bytes: int = 0
     compression: str = "none"
 

@@ -61,6 +61,16 @@ def test_settings_from_env_with_flags_winning(monkeypatch: pytest.MonkeyPatch, t
     assert StoreSettings.from_env({}).path == embedded_default_path() == str(tmp_path / "state_store")
 
 
+def test_storage_options_never_show_up_in_messages_or_repr() -> None:
+    secret = "AKIA-SECRET-DO-NOT-LOG-123"
+    settings = StoreSettings(path="memory://x", storage_options={"secret": secret})
+    assert secret not in repr(settings)
+    for raw in (f'{{"secret": "{secret}"', f'["{secret}"]'):
+        with pytest.raises(ValueError) as caught:
+            StoreSettings(path="memory://x", storage_options=raw)
+        assert secret not in str(caught.value)
+
+
 def test_connection_id_is_split_from_the_url() -> None:
     assert split_connection_id("s3://aws_default@bucket/p/") == ("aws_default", "s3://bucket/p/")
     assert split_connection_id("s3://bucket/p/") == (None, "s3://bucket/p/")
