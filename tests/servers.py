@@ -23,7 +23,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.server import DomainDispatcherApplication, create_backend_app
@@ -93,7 +93,25 @@ class RequestLog:
         return kinds
 
 
-class CountingMotoServer:
+_S = TypeVar("_S", bound="_BackgroundServer")
+
+
+class _BackgroundServer:
+    """A server run by ``serve_forever`` on a daemon thread: start it, stop it."""
+
+    _server: Any
+    _thread: threading.Thread
+
+    def start(self: _S) -> _S:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=5)
+
+
+class CountingMotoServer(_BackgroundServer):
     """moto's S3 server on a free loopback port, every request logged."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -129,14 +147,6 @@ class CountingMotoServer:
             return app(environ, start_response)
 
         return counting_app
-
-    def start(self) -> CountingMotoServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
 
 
 class FaultRule:
@@ -225,7 +235,7 @@ def _error_answer(dialect: str, status: int) -> tuple[int, dict[str, str], bytes
     return status, {"Content-Type": "application/json"}, json.dumps(error).encode()
 
 
-class CountingProxy:
+class CountingProxy(_BackgroundServer):
     """A reverse proxy on a free loopback port in front of a server: counts, and injects faults.
 
     Logs every request like :class:`CountingMotoServer`. Two ways to interfere:
@@ -388,14 +398,6 @@ class CountingProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = _relay
 
         return Handler
-
-    def start(self) -> CountingProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
 
 
 _HOP_BY_HOP = {
