@@ -14,21 +14,18 @@ This is the only module that imports Airflow.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
 from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
 from objstore_backend.errors import CorruptObjectError, StateObjectMissingError, StoreError
 from objstore_backend.layout import object_path, parse, scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
-
-try:  # the server side only accepts subclasses of the core ABC; workers use the SDK's copy
-    from airflow.state import BaseStoreBackend as _CoreBase
-except ImportError:  # a worker image with the task SDK alone
-    _CoreBase = None
-from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
 if TYPE_CHECKING:
     import fsspec
@@ -44,19 +41,32 @@ INLINE_REF_PREFIX = "inline:"
 _WRAPPED_REF_KEY = "__airflow_state_ref__"
 _WRAPPED_REF_START = b'{"' + _WRAPPED_REF_KEY.encode()
 
-_Bases: tuple[type, ...] = (_SdkBase,) if _CoreBase is None or _CoreBase is _SdkBase else (_CoreBase, _SdkBase)
+
+def _base_classes() -> tuple[type, ...]:
+    """The server side only accepts subclasses of the core ABC; workers use the SDK's copy."""
+    try:
+        from airflow.state import BaseStoreBackend as core_base
+    except ImportError:  # a worker image with the task SDK alone
+        return (_SdkBase,)
+    sdk_base: type = _SdkBase
+    return (sdk_base,) if core_base is sdk_base else (core_base, sdk_base)
+
+
+def _airflow_conf() -> Any:
+    """Airflow's config: the core one where installed, else the task SDK's."""
+    try:
+        return importlib.import_module("airflow.configuration").conf
+    except ImportError:
+        return importlib.import_module("airflow.sdk.configuration").conf
 
 
 def settings_from_airflow() -> StoreSettings:
     """Read ``[objstore_backend]`` from Airflow's config (airflow.cfg or env vars)."""
-    try:
-        from airflow.configuration import conf
-    except ImportError:
-        from airflow.sdk.configuration import conf
+    conf = _airflow_conf()
     return StoreSettings.from_mapping({key: conf.get(SECTION, key, fallback="") for key in KEYS})
 
 
-class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
+class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
     """Airflow task and asset state in object storage, one JSON object per key.
 
     Airflow constructs it with no arguments: the settings then come from airflow.cfg.
@@ -76,7 +86,9 @@ class ObjectStoreBackend(*_Bases):  # type: ignore[misc]
 
     # -- primary mode: the API server's calls ------------------------------------------
 
-    def _primary_write(self, scope: Any, key: str, value: str, expires_at: datetime | None) -> tuple:
+    def _primary_write(
+        self, scope: Any, key: str, value: str, expires_at: datetime | None
+    ) -> tuple[str, bytes | None, ObjectMetadata]:
         """What a ``set`` writes: (path, body, metadata), or the ref to adopt."""
         body = validate_json_text(value)
         path = object_path(scope, key)

@@ -57,9 +57,11 @@ def _parse_storage_options(raw: Any) -> dict[str, Any]:
         return dict(raw)
     if raw in (None, ""):
         return {}
+    if not isinstance(raw, str):
+        raise ValueError(f"[{SECTION}] storage_options must be a JSON object, got a {type(raw).__name__}")
     try:
         options = json.loads(raw)
-    except (TypeError, ValueError) as exc:
+    except json.JSONDecodeError as exc:
         # the raw text is not repeated: it may hold credentials
         raise ValueError(
             f"[{SECTION}] storage_options must be a JSON object, and is not valid JSON: {exc.msg}"

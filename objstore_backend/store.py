@@ -29,7 +29,7 @@ import secrets
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -348,7 +348,7 @@ class Transport(ABC):
 
     @abstractmethod
     async def delete_batch(
-        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+        self, fs: Any, items: Sequence[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
     ) -> list[tuple[str, str]]:
         """Delete up to one page of ``(path, version)`` in as few requests as the store allows.
 
@@ -593,7 +593,7 @@ class S3Transport(Transport):
         await self.attempt("deleting", path, delete_object)
 
     async def delete_batch(
-        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+        self, fs: Any, items: Sequence[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
     ) -> list[tuple[str, str]]:
         if not items:
             return []
@@ -744,7 +744,7 @@ class GCSTransport(Transport):
 
         await self.attempt("deleting", path, delete_object)
 
-    async def _delete_one_batch(self, fs: Any, items: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    async def _delete_one_batch(self, fs: Any, items: Sequence[tuple[str, str | None]]) -> list[tuple[str, str]]:
         """One JSON batch request of up to 100 conditional deletes; failures by path."""
         parts = []
         for index, (path, generation) in enumerate(items):
@@ -777,7 +777,7 @@ class GCSTransport(Transport):
         return failures
 
     async def delete_batch(
-        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+        self, fs: Any, items: Sequence[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
     ) -> list[tuple[str, str]]:
         if batched and self.batch_supported(fs):
             chunks = [items[i : i + self.BATCH_CALLS] for i in range(0, len(items), self.BATCH_CALLS)]
@@ -891,7 +891,7 @@ class EnvelopeTransport(Transport):
         self._delete(fs, path)
         return None
 
-    def _delete_items(self, fs: Any, items: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    def _delete_items(self, fs: Any, items: Sequence[tuple[str, str | None]]) -> list[tuple[str, str]]:
         failures = []
         for path, version in items:
             try:
@@ -903,7 +903,7 @@ class EnvelopeTransport(Transport):
         return failures
 
     async def delete_batch(
-        self, fs: Any, items: list[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
+        self, fs: Any, items: Sequence[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
     ) -> list[tuple[str, str]]:
         return await asyncio.to_thread(self._delete_items, fs, items)
 
@@ -1156,9 +1156,10 @@ class ObjectStore:
 
     # -- running a transport coroutine, sync or on the caller's loop ---------------------
 
-    def _run(self, method: Any, *args: Any) -> Any:
+    def _run(self, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         loop = self.fs.loop if self.transport.is_async else fsspec.asyn.get_loop()
-        return fsspec.asyn.sync(loop, method, self.fs, *args)
+        result: _T = fsspec.asyn.sync(loop, method, self.fs, *args)
+        return result
 
     async def _bound_fs(self) -> Any:
         """The filesystem instance bound to the running loop (async filesystems are per loop)."""
@@ -1172,7 +1173,7 @@ class ObjectStore:
             fs = self._loop_fs[loop] = self._make_filesystem(asynchronous=True, loop=loop)
         return fs
 
-    async def _arun(self, method: Any, *args: Any) -> Any:
+    async def _arun(self, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         return await method(await self._bound_fs(), *args)
 
     # -- operations, each written once as a coroutine ----------------------------------

@@ -38,6 +38,7 @@ def test_compression_round_trip_and_detection() -> None:
         ({"threshold_bytes": "ten"}, "threshold_bytes must be a whole number"),
         ({"storage_options": "[1, 2]"}, "storage_options must be a JSON object"),
         ({"storage_options": "{not json"}, "storage_options must be a JSON object"),
+        ({"storage_options": 42}, "storage_options must be a JSON object, got a int"),
         ({"path": "s4://bucket/prefix"}, "URL scheme 's4', which fsspec does not know: use one of s3, gs"),
     ],
 )

@@ -355,3 +355,18 @@ def test_library_loggers_are_named_after_their_modules() -> None:
     assert {"objstore_backend.store", "objstore_backend.gc"} <= set(loggers)
     for name, logger in loggers.items():
         assert isinstance(logger, logging.Logger) and logger.name == name
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # py.typed promises types to users' checkers: strict mode, configured in pyproject.toml
+        ["mypy", "--no-incremental"],
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
+    ],
+    ids=" ".join,
+)
+def test_code_passes_static_checks(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
