@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
-from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
+from objstore_backend.codec import check_json_document, compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
 from objstore_backend.errors import CorruptObjectError, StateObjectMissingError, StoreError
 from objstore_backend.layout import object_path, parse, scope_prefix
@@ -111,13 +113,17 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         """What a ``get`` returns for the object read: expired means gone, damaged says so."""
         if found is None or found.metadata.is_expired():
             return None
-        self._decode(path, found.body)  # a body damaged in the bucket fails here, naming its path
-        return found.body.decode("utf-8")
+        with self._damage_named(path):  # a body damaged in the bucket fails here, naming its path
+            text = found.body.decode("utf-8")
+            check_json_document(found.body)
+        return text
 
-    def _decode(self, path: str, body: bytes) -> Any:
+    @contextmanager
+    def _damage_named(self, path: str) -> Iterator[None]:
+        """A stored body that is not UTF-8 JSON becomes a :class:`CorruptObjectError` naming it."""
         try:
-            return decode_json(body)
-        except ValueError as exc:  # not UTF-8, or not one JSON document
+            yield
+        except ValueError as exc:
             raise CorruptObjectError(
                 f"{self.store.display_path(path)}: the stored value is not a JSON document ({exc})"
             ) from exc
@@ -215,7 +221,8 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
                 f"Airflow references state object {self.store.display_path(path)}, which is missing "
                 "(deleted by hand, by a bucket lifecycle rule, or written to another base path)"
             )
-        return self._decode(path, found.body)
+        with self._damage_named(path):
+            return decode_json(found.body)
 
     def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:
         # docstring inherited

@@ -9,30 +9,65 @@ the setting never strands existing keys.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import orjson
 
-__all__ = ["COMPRESSIONS", "compress", "decode_json", "decompress", "encode_json", "validate_json_text"]
+__all__ = [
+    "COMPRESSIONS",
+    "check_json_document",
+    "compress",
+    "decode_json",
+    "decompress",
+    "encode_json",
+    "validate_json_text",
+]
 
 COMPRESSIONS = ("none", "gzip")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Documents from this size on decode with the cyclic GC paused.
+_LARGE_DOCUMENT = 1 << 20
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
+_SCAN_CHUNK = 4 << 20
+_SCAN_OVERLAP = 320  # longer than any run the scan looks for
 
 
-def _find_non_finite(value: Any, where: str = "$") -> str | None:
-    """Path of the first NaN or Infinity inside ``value``, if any."""
-    stack = [(value, where)]
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a NaN or Infinity hides anywhere in ``value``; a walk that builds nothing.
+
+    Exact types are tested first: they are nearly every node, and ``type() is`` costs a
+    fraction of ``isinstance`` on a value of millions of nodes.
+    """
+    stack = [value]
     while stack:
-        item, at = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return at
-        if isinstance(item, dict):
-            stack.extend((v, f"{at}[{k!r}]") for k, v in item.items())
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
-    return None
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is dict or isinstance(item, dict):
+            stack.extend(item.values())
+        elif kind is list or isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
+    return False
+
+
+def _where_non_finite(value: Any, at: str = "$") -> str:
+    """The path of a NaN or Infinity in ``value`` (which holds one), for the error message."""
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    )
+    for key, child in children:
+        if _holds_non_finite(child):
+            return _where_non_finite(child, f"{at}[{key!r}]")
+    return at
 
 
 def encode_json(value: Any) -> bytes:
@@ -44,14 +79,66 @@ def encode_json(value: Any) -> bytes:
     except TypeError as exc:  # sets, bytes, non-str keys, ints over 64 bits, too deep...
         raise TypeError(f"state value is not JSON-serialisable: {exc}") from exc
     # orjson turns NaN/Infinity into null; only a document with a null can hide one.
-    if b"null" in encoded and (at := _find_non_finite(value)) is not None:
-        raise ValueError(f"state value holds a non-finite float (NaN or Infinity) at {at}: JSON has none")
+    if b"null" in encoded and _holds_non_finite(value):
+        raise ValueError(
+            f"state value holds a non-finite float (NaN or Infinity) at {_where_non_finite(value)}: JSON has none"
+        )
     return encoded
 
 
-def decode_json(data: bytes | str) -> Any:
-    """Decode a stored JSON document."""
-    return orjson.loads(data)
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic GC while a large document becomes objects.
+
+    Decoding allocates millions of containers, each allocation counting towards the next
+    collection, and each collection walking all of them again: a 64 MiB document decodes ~5x
+    faster with the collector paused. JSON builds no cycles, so nothing is left for it to do.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def decode_json(data: bytes | bytearray | str) -> Any:
+    """Decode a stored JSON document into Python values."""
+    if len(data) < _LARGE_DOCUMENT:
+        return orjson.loads(data)
+    with _cyclic_gc_paused():
+        return orjson.loads(data)
+
+
+def _may_overflow(data: bytes | bytearray) -> bool:
+    """Whether a number in ``data`` may be too large for a double (``1e400``); errs towards yes.
+
+    With every digit mapped to ``0`` such a number shows as ``e000`` or 309 zeros in a row.
+    A few MiB at a time, so the scan costs a pass over the bytes and no copy of them.
+    """
+    view = memoryview(data)
+    for start in range(0, len(view), _SCAN_CHUNK):
+        chunk = bytes(view[start : start + _SCAN_CHUNK + _SCAN_OVERLAP]).translate(_DIGITS_AS_ZERO, b"+")
+        if b"e000" in chunk or b"0" * 309 in chunk:
+            return True
+    return False
+
+
+def check_json_document(data: bytes | bytearray) -> None:
+    """Raise ``ValueError`` unless ``data`` is one strict JSON document in UTF-8.
+
+    Checks the syntax without building Python objects (msgspec skips over the document as
+    raw JSON), so checking a large value costs a pass over its bytes, not its size in objects.
+    Only a document that may hold a number too large for a double is decoded in full.
+    """
+    try:
+        msgspec.json.decode(data, type=msgspec.Raw)
+        if _may_overflow(data):
+            orjson.loads(data)  # refuses numbers that become Infinity
+    except (msgspec.DecodeError, orjson.JSONDecodeError, RecursionError) as exc:
+        message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ValueError(f"not a valid JSON document (NaN and Infinity are not JSON): {message}") from exc
 
 
 def validate_json_text(value: str) -> bytes:
@@ -63,10 +150,16 @@ def validate_json_text(value: str) -> bytes:
     if not isinstance(value, str):
         raise TypeError(f"state value must be a JSON-encoded str, got {type(value).__name__}")
     try:
-        orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"state value is not a valid JSON document (NaN and Infinity are not JSON): {exc}") from exc
-    return value.encode("utf-8")
+        body = value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise ValueError(
+            f"state value is not a valid JSON document: no UTF-8 for character {exc.start} ({exc.reason})"
+        ) from None
+    try:
+        check_json_document(body)
+    except ValueError as exc:
+        raise ValueError(f"state value is {exc}") from None
+    return body
 
 
 def compress(body: bytes, compression: str) -> bytes:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
-from objstore_backend.codec import compress, decompress, encode_json, validate_json_text
+from objstore_backend.codec import (
+    check_json_document,
+    compress,
+    decode_json,
+    decompress,
+    encode_json,
+    validate_json_text,
+)
 from objstore_backend.config import StoreSettings, embedded_default_path, split_connection_id
 
 
@@ -16,9 +24,58 @@ def test_encode_json_names_where_a_non_finite_float_hides() -> None:
     assert encode_json({"a": [None, 1.5]}) == b'{"a":[null,1.5]}'
 
 
+def test_encode_json_finds_non_finite_floats_in_any_container() -> None:
+    with pytest.raises(ValueError, match=r"\$\['a'\]\[1\]\[0\]\['b'\]"):
+        encode_json({"a": [None, ({"b": float("nan")},)]})
+    with pytest.raises(ValueError, match=r"at \$:"):
+        encode_json(float("inf"))
+
+
 def test_validate_json_text_accepts_what_airflow_writes() -> None:
     text = json.dumps({"a": [1, "ü", None]})
     assert validate_json_text(text) == text.encode()
+
+
+@pytest.mark.parametrize(
+    "text, detail",
+    [
+        ("NaN", "invalid character"),
+        ("[1,]", "trailing comma"),
+        ('{"a": 1} {"b": 2}', "trailing characters"),
+        ("", "truncated"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('{"big": 1e400}', "infinity"),
+        ('{"big": 1' + "0" * 400 + ".5}", "infinity"),
+        ('"\\ud800"', "truncated"),  # an escaped lone surrogate
+        ('"\ud800"', "no UTF-8 for character 1"),  # a lone surrogate
+    ],
+)
+def test_validate_json_text_refuses_what_is_not_strict_json(text: str, detail: str) -> None:
+    with pytest.raises(ValueError, match=f"state value is not a valid JSON document.*{detail}"):
+        validate_json_text(text)
+
+
+def test_check_json_document_refuses_bytes_that_are_not_utf8_json() -> None:
+    check_json_document(b'{"a": [1, 2.5, "\xc3\xbc"]}')
+    check_json_document(b'{"a": 1e300, "e000": "e1000"}')  # looks large to the quick scan, and is not
+    check_json_document(b"[" + b"1.5e30, " * 1_000_000 + b'"' + b"9" * 320 + b'"]')  # past the first chunk
+    with pytest.raises(ValueError, match="infinity"):
+        check_json_document(b"[" + b"1.5e30, " * 1_000_000 + b"-2E+999]")
+    with pytest.raises(ValueError, match="not a valid JSON document"):
+        check_json_document(b'{"a": ')
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_decoding_a_large_document_leaves_the_cyclic_gc_as_it_was(enabled_before: bool) -> None:
+    document = json.dumps({"rows": [{"i": i, "name": f"row-{i}"} for i in range(60_000)]}).encode()
+    assert len(document) > 1 << 20  # large enough to decode with the collector paused
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        assert decode_json(document)["rows"][59_999] == {"i": 59_999, "name": "row-59999"}
+        assert gc.isenabled() is enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_compression_round_trip_and_detection() -> None:
