@@ -193,6 +193,8 @@ ROUND_TRIPS: dict[str, RoundTrip] = {
     ),
     "primary value null": RoundTrip([(SCOPE, "k", "null")]),
     "primary value huge int literal": RoundTrip([(SCOPE, "k", "123456789012345678901234567890")]),
+    # valid JSON text, kept verbatim (Python's json reads it as infinity; nothing is lost here)
+    "primary value beyond a double's range": RoundTrip([(SCOPE, "k", "[1e400, -1E+999]")]),
     "primary value with trailing whitespace": RoundTrip([(SCOPE, "k", '{"a": 1} \n\t'), (SCOPE, "j", "  [1]")]),
     "primary value with escapes and raw unicode": RoundTrip([(SCOPE, "k", '["\\u00e9", "\u00e9", "\\ud83d\\ude00"]')]),
     "offload value of 4 MB": RoundTrip([], extra=lambda ctx: _big_offload(ctx)),
@@ -235,7 +237,6 @@ REFUSED: dict[str, tuple[Callable[[ObjectStoreBackend], Any], type[BaseException
     "key None": (lambda b: b.set(SCOPE, None, "1"), TypeError, "must be str"),
     "key an int": (lambda b: b.delete(SCOPE, 5), TypeError, "must be str"),
     "primary -Infinity": (lambda b: b.set(SCOPE, "k", "-Infinity"), ValueError, "not a valid JSON document"),
-    "primary 1e400 (infinite)": (lambda b: b.set(SCOPE, "k", "[1e400]"), ValueError, "not a valid JSON document"),
     "primary escaped lone surrogate": (lambda b: b.set(SCOPE, "k", '"\\ud800"'), ValueError, "not a valid JSON"),
     "primary raw lone surrogate": (lambda b: b.set(SCOPE, "k", '"\ud800"'), ValueError, "not a valid JSON"),
     "offload nesting beyond 255": (
