@@ -10,7 +10,8 @@ buckets (``--small`` and ``--large`` objects), then measures in one run:
   (streaming: it should not grow with the bucket).
 
 Prints a markdown table. Run: ``python benchmarks/gc_scan.py`` (about 5 minutes with the
-defaults; ``--large 20000`` for a quick look).
+defaults; ``--large 20000`` for a quick look). The ``gc`` section of ``benchmarks/compare.py``
+is the short form, with the same functions.
 """
 
 from __future__ import annotations
@@ -23,34 +24,12 @@ import platform
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import boto3
+from _servers import REPO, S3_OPTIONS, counts, moto_server, s3_client
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from objstore_backend.gc import GCOptions, run_gc  # noqa: E402
-from objstore_backend.store import ObjectMetadata, ObjectStore  # noqa: E402
-from tests.servers import free_port  # noqa: E402
-
-CREDENTIALS = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None and "serving" in process.stdout.readline()
-    return process, f"http://127.0.0.1:{port}"
-
-
-def counts(endpoint: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{endpoint}/_counts?reset=1") as response:
-        return json.loads(response.read())
+from objstore_backend.gc import GCOptions, run_gc
+from objstore_backend.store import ObjectMetadata, ObjectStore
 
 
 def fill(store: ObjectStore, count: int) -> None:
@@ -96,6 +75,13 @@ def raw_scan(store: ObjectStore, concurrency: int) -> float:
     return scanned / (time.perf_counter() - started)
 
 
+def gc_rate(store: ObjectStore, concurrency: int, objects: int) -> float:
+    """Objects per second of one ``run_gc`` dry run over the ``objects`` in ``store``."""
+    report = run_gc(store, GCOptions(dry_run=True, concurrency=concurrency))
+    assert report.scanned == objects and report.errors == 0, report
+    return report.scanned / report.seconds
+
+
 #: Starts the command and reports its peak RSS. A child's ``ru_maxrss`` is at least the RSS of
 #: the process it was forked from (Linux carries the parent's high-water mark over the exec), so
 #: measured straight from this process, which holds the filled buckets' bookkeeping, it would
@@ -109,7 +95,7 @@ _LAUNCHER = (
 
 def peak_rss_mib(url: str, endpoint: str) -> float:
     """Peak RSS of a whole `objstore-backend gc --dry-run` process (started from a small launcher)."""
-    options = json.dumps({**CREDENTIALS, "endpoint_url": endpoint})
+    options = json.dumps({**S3_OPTIONS, "endpoint_url": endpoint})
     command = [
         sys.executable,
         "-m",
@@ -136,19 +122,12 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=100_000)
     args = parser.parse_args()
 
-    server, endpoint = start_server()
-    try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
+    with moto_server() as endpoint:
+        s3 = s3_client(endpoint)
         stores = {}
         for size in (args.small, args.large):
             s3.create_bucket(Bucket=f"bench-{size}")
-            stores[size] = ObjectStore(f"s3://bench-{size}/state", {**CREDENTIALS, "endpoint_url": endpoint})
+            stores[size] = ObjectStore(f"s3://bench-{size}/state", {**S3_OPTIONS, "endpoint_url": endpoint})
             started = time.perf_counter()
             fill(stores[size], size)
             print(f"filled {size} objects in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -159,11 +138,8 @@ def main() -> None:
         raw_requests = counts(endpoint)
         rows = [("raw s3fs: list + HEAD, 64 in flight", raw, raw_requests)]
         for concurrency in (1, 16, 64):
-            report = run_gc(small, GCOptions(dry_run=True, concurrency=concurrency))
-            assert report.scanned == args.small and report.errors == 0
-            rows.append(
-                (f"objstore-backend gc, concurrency {concurrency}", report.scanned / report.seconds, counts(endpoint))
-            )
+            rate = gc_rate(small, concurrency, args.small)
+            rows.append((f"objstore-backend gc, concurrency {concurrency}", rate, counts(endpoint)))
 
         print(
             f"\nGC scan of {args.small:,} objects on one moto S3 server "
@@ -179,8 +155,6 @@ def main() -> None:
         print("|---:|---:|")
         for size, store in stores.items():
             print(f"| {size:,} | {peak_rss_mib(store.url, endpoint):.0f} MiB |")
-    finally:
-        server.terminate()
 
 
 if __name__ == "__main__":

