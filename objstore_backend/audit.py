@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from objstore_backend.errors import BucketNotFoundError
 from objstore_backend.scan import scan_pages
 from objstore_backend.store import GCSTransport, LocalTransport, ObjectStore, S3Transport
 
@@ -271,16 +272,16 @@ async def _s3_config(store: ObjectStore, fs: Any) -> dict[str, Any]:
         "policy": "get_bucket_policy",
         "object_lock": "get_object_lock_configuration",
     }
+    transport = store.transport
+    assert isinstance(transport, S3Transport)
     config: dict[str, Any] = {}
     for name, method in calls.items():
         try:
-            config[name] = await fs._call_s3(method, Bucket=bucket)
-        except FileNotFoundError:  # NoSuch...Configuration: not set
-            config[name] = None
-        except OSError as exc:
-            missing = ("NoSuch", "NotFound", "ObjectLockConfigurationNotFound")
-            cause = repr(exc.__cause__ or exc)
-            config[name] = None if any(m in cause for m in missing) else exc
+            config[name] = await transport.bucket_setting(fs, bucket, method)
+        except BucketNotFoundError:
+            raise
+        except OSError as exc:  # refused, or still failing after the retries: a finding, not a crash
+            config[name] = exc
     return config
 
 

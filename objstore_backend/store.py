@@ -548,6 +548,23 @@ class S3Transport(Transport):
 
         return await self.attempt("reading the metadata of", path, head_object)
 
+    async def bucket_setting(self, fs: Any, bucket: str, operation: str) -> Any:
+        """One of the bucket's settings (``operation``: ``get_bucket_lifecycle_configuration``...),
+        or ``None`` when it is not set; under the retry policy like every other request."""
+
+        async def read_setting() -> Any:
+            try:
+                return await self._call(fs, operation, Bucket=bucket)
+            except OSError as exc:
+                code = _client_error_code(exc) or ""
+                if code == "NoSuchBucket":
+                    raise BucketNotFoundError(f"bucket {bucket!r} does not exist") from exc
+                if code.startswith("NoSuch") or "NotFound" in code:  # NoSuchLifecycleConfiguration...
+                    return None
+                raise
+
+        return await self.attempt(f"{operation} of", bucket, read_setting)
+
     async def delete(self, fs: Any, path: str) -> None:
         bucket, key = self._split(fs, path)
 

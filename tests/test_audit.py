@@ -23,6 +23,7 @@ from objstore_backend.audit import check_gcs_bucket, run_audit
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.layout import object_path
+from tests.servers import CountingProxy
 
 PAST = datetime.now(timezone.utc) - timedelta(hours=2)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -228,6 +229,31 @@ def test_audit_command_json_and_fail_on(
     assert cli.main(argv) == 1
     assert "S3_LIFECYCLE_EXPIRES_STATE" in capsys.readouterr().out
     assert s3_options["secret"] not in str(document)
+
+
+def _audit_codes(store: Any) -> dict[str, str]:
+    return {f.code: f.level for f in run_audit(store).findings}
+
+
+def test_bucket_settings_are_read_through_throttling_like_every_request(
+    s3_client: Any, s3_bucket: str, s3_fault_options: dict[str, Any], s3_fault_proxy: CountingProxy
+) -> None:
+    _lifecycle(
+        s3_client, s3_bucket, {"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}
+    )
+    store = ObjectStoreBackend(
+        StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_fault_options)
+    ).store
+    reads_settings = lambda request: request.method == "GET" and "lifecycle" in request.query  # noqa: E731
+    passing = s3_fault_proxy.inject("503", when=reads_settings, times=2)
+    assert _audit_codes(store)["S3_LIFECYCLE_EXPIRES_STATE"] == "error"  # the rule was read, after 2 retries
+    assert sum(passing.injected.values()) == 2
+    s3_fault_proxy.reset()
+
+    s3_fault_proxy.inject("503", when=reads_settings)  # throttled for good: a finding, not a crash
+    findings = {f.code: f.message for f in run_audit(store).findings}
+    assert "S3_LIFECYCLE_EXPIRES_STATE" not in findings
+    assert "failed after 5 attempts: SlowDown" in findings["S3_CANNOT_READ_LIFECYCLE"]
 
 
 def test_a_setting_the_caller_may_not_read_is_a_finding_not_a_crash() -> None:
