@@ -39,7 +39,6 @@ root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -47,7 +46,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from contextlib import ExitStack
 from functools import partial
 from importlib.metadata import version
@@ -138,14 +136,10 @@ def gcs_sections(args: argparse.Namespace, url: str) -> list[str]:
     """Ops and clear on fake-gcs-server (behind the counting proxy at ``url``): ours and raw gcsfs."""
     import gcsfs
 
+    from tests.servers import create_gcs_bucket
+
     for bucket in ("bench-ours", "bench-raw"):
-        request = urllib.request.Request(
-            f"{url}/storage/v1/b?project=test",
-            data=json.dumps({"name": bucket}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        urllib.request.urlopen(request).close()
+        create_gcs_bucket(url, bucket)
     options = {"token": "anon", "endpoint_url": url}
     fs = gcsfs.GCSFileSystem(**options, skip_instance_cache=True, use_listings_cache=False)
     contenders: list[Contender] = [ours("gs://bench-ours/state/", options), RawFS("raw gcsfs", fs, "bench-raw/raw")]

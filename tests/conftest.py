@@ -9,9 +9,7 @@ proxy in front of moto (see ``tests.servers.CountingProxy.inject``).
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.servers import CountingMotoServer, CountingProxy, fake_gcs_server
+from tests.servers import CountingMotoServer, CountingProxy, create_gcs_bucket, fake_gcs_server
 
 # gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -109,13 +107,7 @@ def gcs_options(gcs_proxy: CountingProxy) -> dict[str, Any]:
 @pytest.fixture
 def gcs_bucket(gcs_proxy: CountingProxy) -> str:
     name = f"state-{uuid.uuid4().hex[:12]}"
-    request = urllib.request.Request(
-        f"{gcs_proxy.url}/storage/v1/b?project=test",
-        data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(request).close()
+    create_gcs_bucket(gcs_proxy.url, name)
     return name
 
 

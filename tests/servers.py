@@ -84,6 +84,17 @@ def fake_gcs_server() -> tuple[subprocess.Popen[bytes], str]:
     return server, url
 
 
+def create_gcs_bucket(url: str, name: str) -> None:
+    """Create bucket ``name`` on the GCS JSON API at ``url`` (the emulator takes any project)."""
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b?project=test",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request).close()
+
+
 def s3_kind(method: str, path: str, query: str) -> str:
     """An S3 request's operation-ish kind: ``GET``, ``PUT``, ``LIST``, ``DELETE``, ``BATCH-DELETE``..."""
     if method == "GET" and ("list-type" in query or path.count("/") <= 1 and "prefix" in query):
