@@ -162,7 +162,7 @@ def compress(body: bytes, compression: str) -> bytes:
     raise ValueError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
 
 
-def decompress(body: bytes) -> bytes:
+def decompress(body: bytes | bytearray) -> bytes | bytearray:
     """Undo :func:`compress`, whatever the setting was when the body was written."""
     if body[:2] == _GZIP_MAGIC:
         return gzip.decompress(body)

@@ -108,11 +108,15 @@ class ObjectMetadata:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(timezone.utc))
 
 
+#: An object's body as read: S3 reads fill a ``bytearray`` (one buffer, the pad cut off in place).
+Body = bytes | bytearray
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     """A body (decompressed) and its metadata, read in one request."""
 
-    body: bytes
+    body: Body
     metadata: ObjectMetadata
 
 
@@ -327,11 +331,11 @@ class Transport(ABC):
                 raise translated from exc
 
     @abstractmethod
-    async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
+    async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         """Body and metadata in one request, or ``None`` if there is no such object."""
 
     @abstractmethod
-    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         """Body and metadata in one request; readers see the old or the new object, whole."""
 
     @abstractmethod
@@ -428,6 +432,29 @@ def _s3_network_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+async def _read_body(stream: Any, length: int | None) -> bytearray:
+    """A whole S3 body in one buffer of its announced length.
+
+    aiohttp's ``read()`` gathers the chunks and joins them, holding the body twice at the end;
+    filling a buffer of the announced size holds it once, and lets the pad be cut off in place.
+    """
+    if length is None:
+        return bytearray(await stream.read())
+    body = bytearray(length)
+    filled = 0
+    with memoryview(body) as view:
+        while filled < length:
+            got = await stream.readinto(view[filled:])  # at the end of the stream, checks the length
+            if not got:
+                break
+            filled += got
+    if filled < length:
+        import botocore.exceptions as bce
+
+        raise bce.IncompleteReadError(actual_bytes=filled, expected_bytes=length)
+    return body
+
+
 class S3Transport(Transport):
     """S3 through s3fs's raw client calls: no HEAD, no listing cache.
 
@@ -472,10 +499,10 @@ class S3Transport(Transport):
             return BucketNotFoundError(f"bucket {bucket!r} does not exist")
         return exc
 
-    async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
+    async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         bucket, key = self._split(fs, path)
 
-        async def get_and_read_body() -> tuple[bytes, dict[str, str]] | None:
+        async def get_and_read_body() -> tuple[bytearray, dict[str, str]] | None:
             try:
                 response = await self._call(fs, "get_object", Bucket=bucket, Key=key)
             except FileNotFoundError as exc:
@@ -483,23 +510,25 @@ class S3Transport(Transport):
                     return None
                 raise self._missing_bucket(exc, bucket) from exc
             async with response["Body"] as stream:
-                body = await stream.read()
+                body = await _read_body(stream, response.get("ContentLength"))
             return body, response.get("Metadata", {})
 
         found = await self.attempt("reading", path, get_and_read_body)
         return None if found is None else self._unpad(*found, path)
 
-    def _unpad(self, body: bytes, metadata: dict[str, str], path: str) -> tuple[bytes, dict[str, str]]:
+    def _unpad(self, body: bytearray, metadata: dict[str, str], path: str) -> tuple[bytearray, dict[str, str]]:
+        """Cut the write's pad (see :meth:`_with_nonce`) off the body, in place."""
         pad = metadata.get(META_PAD)
         if pad is None:
             return body, metadata
         size = int(pad) if pad.isdigit() else -1
         if not 0 <= size <= len(body) or body[len(body) - size :].strip(_JSON_WHITESPACE):
             raise CorruptObjectError(f"{self.display(path)}: its {META_PAD} metadata does not match the body")
-        return body[: len(body) - size], metadata
+        del body[len(body) - size :]
+        return body, metadata
 
     @staticmethod
-    def _with_nonce(body: bytes, metadata: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    def _with_nonce(body: Body, metadata: dict[str, str]) -> tuple[Body, dict[str, str]]:
         """Make this write's bytes, hence its ETag, unlike any earlier write's.
 
         The ETag of a plain PUT is the MD5 of the body, and the GC deletes with ``If-Match``
@@ -514,7 +543,7 @@ class S3Transport(Transport):
         pad = bytes(secrets.choice(_JSON_WHITESPACE) for _ in range(16))
         return body + pad, {**metadata, META_PAD: str(len(pad))}
 
-    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         bucket, key = self._split(fs, path)
         body, metadata = self._with_nonce(body, metadata)
 
@@ -666,7 +695,7 @@ class GCSTransport(Transport):
 
         return int(gcsfs.GCSFileSystem.retries) if is_retriable(exc) else 1
 
-    async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
+    async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         bucket, key, _ = fs.split_path(path)
 
         async def download() -> Any:
@@ -694,7 +723,7 @@ class GCSTransport(Transport):
 
         return await self.attempt("reading the metadata of", path, get_resource)
 
-    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         fixed: dict[str, Any] = {}
         if META_EXPIRES in metadata:  # lets a daysSinceCustomTime=0 lifecycle rule expire it
             fixed["custom_time"] = metadata[META_EXPIRES]
@@ -836,7 +865,7 @@ class EnvelopeTransport(Transport):
     HEADER_LIMIT = 4096
 
     @staticmethod
-    def pack(body: bytes, metadata: dict[str, str]) -> bytes:
+    def pack(body: Body, metadata: dict[str, str]) -> bytes:
         return ENVELOPE_MAGIC + orjson.dumps(metadata) + b"\n" + body
 
     @staticmethod
@@ -852,7 +881,7 @@ class EnvelopeTransport(Transport):
             raise CorruptObjectError(f"{path}: unreadable metadata header")
         return body, metadata
 
-    def _read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
+    def _read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         try:
             data = fs.cat_file(path)
         except (FileNotFoundError, IsADirectoryError):
@@ -886,13 +915,13 @@ class EnvelopeTransport(Transport):
 
     # The filesystem is local (disk or memory): nothing to retry, but errors are translated alike.
 
-    async def read(self, fs: Any, path: str) -> tuple[bytes, dict[str, str]] | None:
+    async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         return await self.attempt("reading", path, lambda: asyncio.to_thread(self._read, fs, path))
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
         return await self.attempt("reading the metadata of", path, lambda: asyncio.to_thread(self._head, fs, path))
 
-    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         data = self.pack(body, metadata)
         await self.attempt("writing", path, lambda: asyncio.to_thread(self._write, fs, path, data))
 
@@ -953,7 +982,7 @@ class LocalTransport(EnvelopeTransport):
                 os.unlink(temp)
             raise
 
-    async def write(self, fs: Any, path: str, body: bytes, metadata: dict[str, str]) -> None:
+    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         # A nonce per write, in the header: the version the GC's conditional delete compares.
         await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)})
 
@@ -1299,7 +1328,7 @@ class ObjectStore:
                 yield ListedObject(self.relative(entry.path), entry.size, entry.version, entry.metadata, entry.modified)
 
 
-def _decompress(body: bytes, path: str) -> bytes:
+def _decompress(body: Body, path: str) -> Body:
     try:
         return decompress(body)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
