@@ -10,6 +10,7 @@ the check and the delete survives.
 Never deleted: unexpired and never-expiring objects, objects that do not parse as this
 layout (foreign), unreadable objects, and offload objects unless a :class:`Reconciler` proves
 Airflow no longer references them and they are older than a grace period.
+On the local disk it also removes the temp files of writers killed mid-write, once an hour old.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ __all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc"]
 logger = logging.getLogger(__name__)
 
 _MAX_ERROR_SAMPLES = 10
+#: A write's temp file untouched this long belongs to a writer that was killed.
+ABANDONED_AFTER = timedelta(hours=1)
 
 
 class Reconciler(Protocol):
@@ -73,6 +76,7 @@ class GCReport:
     offload_orphans: int = 0
     foreign: int = 0
     unreadable: int = 0
+    abandoned_temp_files: int = 0  # of writers killed mid-write (local disk): removed, or counted in a dry run
     errors: int = 0
     bytes_deleted: int = 0
     seconds: float = 0.0
@@ -187,6 +191,10 @@ class _Sweep:
             self.report.scanned += len(page)
             await self.delete(fs, due)
             self.progress(len(page))
+        if self.options.shard[0] == 0:  # one walk of the whole store, not one per shard
+            self.report.abandoned_temp_files = await self.store.transport.remove_abandoned(
+                fs, self.store.full_path(""), self.now - ABANDONED_AFTER, dry_run=self.options.dry_run
+            )
 
 
 def run_gc(

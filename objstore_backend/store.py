@@ -363,6 +363,13 @@ class Transport(ABC):
         not deleted; :data:`GONE` when it was already missing.
         """
 
+    async def remove_abandoned(self, fs: Any, prefix: str, before: datetime, *, dry_run: bool) -> int:
+        """Remove what writers killed mid-write left under ``prefix`` before ``before``: how many.
+
+        Object stores keep nothing of a write that did not finish; the local disk overrides this.
+        """
+        return 0
+
 
 #: Reasons :meth:`Transport.delete_batch` gives for objects it did not delete that are no error.
 CHANGED = "changed since listed"
@@ -1005,6 +1012,23 @@ class LocalTransport(EnvelopeTransport):
                     modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
                     entries.append(ListedObject(full, stat.st_size, self._version(full, stat), None, modified))
         return entries
+
+    async def remove_abandoned(self, fs: Any, prefix: str, before: datetime, *, dry_run: bool) -> int:
+        return await asyncio.to_thread(self._remove_abandoned, prefix, before.timestamp(), dry_run)
+
+    def _remove_abandoned(self, prefix: str, cutoff: float, dry_run: bool) -> int:
+        """The temp files of killed writers, last written before ``cutoff``. A grave (``~gc-``) may
+        hold a value a killed GC moved aside and had still to put back: those are left alone."""
+        removed = 0
+        for directory, _, files in os.walk(prefix.rstrip("/") or "/"):
+            for name in files:
+                full = os.path.join(directory, name)
+                with _suppress_os_error():
+                    if name.startswith(self.TEMP_MARKER) and os.stat(full).st_mtime < cutoff:
+                        if not dry_run:
+                            os.unlink(full)
+                        removed += 1
+        return removed
 
     def _version(self, path: str, stat: os.stat_result) -> str:
         """What tells one write of a file from another: its write nonce, inode, mtime and size.

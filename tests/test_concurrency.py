@@ -105,6 +105,10 @@ def test_a_writer_killed_mid_set_never_leaves_a_torn_value(
         directory = os.path.dirname(backend.store.full_path(object_path(scope, "k")))
         leftovers = [name for name in os.listdir(directory) if name != "k"]
         assert all(name.startswith("~tmp-") for name in leftovers) and len(leftovers) <= kills
+        # two hours on, the GC takes them away, and nothing else
+        report = run_gc(backend.store, GCOptions(now=datetime.now(timezone.utc) + timedelta(hours=2)))
+        assert report.abandoned_temp_files == len(leftovers) and os.listdir(directory) == ["k"]
+        assert _workers.check_big_value(backend.get(scope, "k")) == seq
 
 
 # -- the GC against live writers ------------------------------------------------------------------

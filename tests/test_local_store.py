@@ -12,6 +12,7 @@ from airflow.sdk.state import TaskScope
 
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
+from objstore_backend.gc import GCOptions, run_gc
 
 TASK = TaskScope("d", "r", "t")
 
@@ -51,3 +52,23 @@ def test_expiry_works_as_on_s3(tmp_path: Path) -> None:
     backend.set(TASK, "new", "2", expires_at=datetime.now(timezone.utc) + timedelta(minutes=1))
     assert backend.get(TASK, "old") is None and backend.get(TASK, "new") == "2"
     assert backend.store.head("task/d/r/t/-1/new").expires_at > datetime.now(timezone.utc)
+
+
+def test_the_gc_removes_temp_files_of_killed_writers_once_an_hour_old(tmp_path: Path) -> None:
+    backend = ObjectStoreBackend(StoreSettings(path=str(tmp_path)))
+    backend.set(TASK, "k", "1")
+    directory = tmp_path / "task" / "d" / "r" / "t" / "-1"
+    two_hours_ago = time.time() - 7200
+    for name in ("~tmp-stale", "~gc-stale"):  # a killed writer's temp file; a killed GC's grave
+        (directory / name).write_bytes(b"partial")
+        os.utime(directory / name, (two_hours_ago, two_hours_ago))
+    (directory / "~tmp-fresh").write_bytes(b"being written")
+
+    dry = run_gc(backend.store, GCOptions(dry_run=True))
+    assert dry.abandoned_temp_files == 1 and (directory / "~tmp-stale").exists()
+    assert run_gc(backend.store, GCOptions(shard=(1, 2))).abandoned_temp_files == 0  # shard 0's job
+
+    report = run_gc(backend.store)
+    assert report.abandoned_temp_files == 1 and report.errors == 0
+    assert sorted(os.listdir(directory)) == ["k", "~gc-stale", "~tmp-fresh"]  # the grave may hold a live value
+    assert backend.get(TASK, "k") == "1"
