@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import quote
 
 import fsspec
@@ -501,10 +501,11 @@ class S3Transport(Transport):
         return bucket, key
 
     @staticmethod
-    def _missing_bucket(exc: FileNotFoundError, bucket: str) -> FileNotFoundError:
+    def _reraise(exc: OSError, bucket: str) -> NoReturn:
+        """Raise ``exc`` again (its cause, the S3 error, kept), or :class:`BucketNotFoundError`."""
         if _client_error_code(exc) == "NoSuchBucket":
-            return BucketNotFoundError(f"bucket {bucket!r} does not exist")
-        return exc
+            raise BucketNotFoundError(f"bucket {bucket!r} does not exist") from exc
+        raise exc
 
     async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
         bucket, key = self._split(fs, path)
@@ -515,7 +516,7 @@ class S3Transport(Transport):
             except FileNotFoundError as exc:
                 if _client_error_code(exc) == "NoSuchKey":
                     return None
-                raise self._missing_bucket(exc, bucket) from exc
+                self._reraise(exc, bucket)
             async with response["Body"] as stream:
                 body = await _read_body(stream, response.get("ContentLength"))
             return body, response.get("Metadata", {})
@@ -566,7 +567,7 @@ class S3Transport(Transport):
                     ContentType="application/json",
                 )
             except FileNotFoundError as exc:
-                raise self._missing_bucket(exc, bucket) from exc
+                self._reraise(exc, bucket)
 
         await self.attempt("writing", path, put)
 
@@ -579,7 +580,7 @@ class S3Transport(Transport):
             except FileNotFoundError as exc:
                 if _client_error_code(exc) in ("404", "NoSuchKey"):
                     return None
-                raise self._missing_bucket(exc, bucket) from exc
+                self._reraise(exc, bucket)
             return response.get("Metadata", {})
 
         return await self.attempt("reading the metadata of", path, head_object)
@@ -593,11 +594,9 @@ class S3Transport(Transport):
                 return await self._call(fs, operation, Bucket=bucket)
             except OSError as exc:
                 code = _client_error_code(exc) or ""
-                if code == "NoSuchBucket":
-                    raise BucketNotFoundError(f"bucket {bucket!r} does not exist") from exc
-                if code.startswith("NoSuch") or "NotFound" in code:  # NoSuchLifecycleConfiguration...
-                    return None
-                raise
+                if code != "NoSuchBucket" and (code.startswith("NoSuch") or "NotFound" in code):
+                    return None  # NoSuchLifecycleConfiguration...: not set
+                self._reraise(exc, bucket)
 
         return await self.attempt(f"{operation} of", bucket, read_setting)
 
@@ -608,7 +607,7 @@ class S3Transport(Transport):
             try:
                 await self._call(fs, "delete_object", Bucket=bucket, Key=key)
             except FileNotFoundError as exc:
-                raise self._missing_bucket(exc, bucket) from exc
+                self._reraise(exc, bucket)
 
         await self.attempt("deleting", path, delete_object)
 
@@ -622,7 +621,7 @@ class S3Transport(Transport):
                     fs, "list_objects_v2", Bucket=bucket, Prefix=key_prefix, MaxKeys=S3_DELETE_BATCH, **token
                 )
             except FileNotFoundError as exc:
-                raise self._missing_bucket(exc, bucket) from exc
+                self._reraise(exc, bucket)
 
         while True:
             page = await self.attempt("listing", prefix, list_page)

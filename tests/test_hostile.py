@@ -43,6 +43,7 @@ from objstore_backend.store import (
     META_PAD,
     ObjectMetadata,
     ObjectStore,
+    _client_error_code,
 )
 from tests.servers import CountingProxy, ProxiedRequest
 
@@ -439,6 +440,19 @@ def test_a_base_path_in_a_missing_bucket_names_the_bucket(where: str, request: p
             operation(backend)
     report = run_gc(backend.store)
     assert report.errors == 1 and "no-such-bucket-0042" in report.error_samples[0]
+
+
+def test_an_unexpected_404_keeps_the_s3_error_as_its_cause(
+    s3_bucket: str, s3_fault_options: dict, s3_fault_proxy: CountingProxy
+) -> None:
+    """A 404 that is neither a missing key nor a missing bucket passes as it came, S3's code kept."""
+    body = b"<Error><Code>NoSuchUpload</Code><Message>The upload does not exist.</Message></Error>"
+    s3_fault_proxy.answer = lambda request: (404, {"Content-Type": "application/xml"}, body)
+    backend = ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/state", storage_options=s3_fault_options))
+    with pytest.raises(FileNotFoundError) as failure:
+        backend.set(SCOPE, "k", "1")
+    assert failure.value.__cause__ is not failure.value
+    assert _client_error_code(failure.value) == "NoSuchUpload"
 
 
 SECRET_KEY_ID = "AKIA-SECRET-DO-NOT-LOG-123"
