@@ -16,7 +16,7 @@ import gc
 import gzip
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import msgspec
@@ -110,9 +110,7 @@ def decode_json(data: bytes | bytearray | str) -> Any:
     a document tree of its own, ~3.5x the text more at the peak for a large value.
     """
     try:
-        if len(data) < _LARGE_DOCUMENT:
-            return msgspec.json.decode(data)
-        with _cyclic_gc_paused():
+        with _cyclic_gc_paused() if len(data) >= _LARGE_DOCUMENT else nullcontext():
             return msgspec.json.decode(data)
     except RecursionError:
         raise ValueError("JSON document nested too deeply") from None

@@ -55,13 +55,17 @@ def test_inventory_counts_what_the_store_holds(backend: ObjectStoreBackend) -> N
 # -- S3 findings on real (moto) buckets --------------------------------------------------------
 
 
+def _audit_codes(store: Any) -> dict[str, str]:
+    return {f.code: f.level for f in run_audit(store).findings}
+
+
 @pytest.fixture
 def audit_s3(s3_bucket: str, s3_options: dict[str, Any]) -> Any:
     def audit() -> dict[str, str]:
         store = ObjectStoreBackend(
             StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_options)
         ).store
-        return {f.code: f.level for f in run_audit(store).findings}
+        return _audit_codes(store)
 
     return audit
 
@@ -229,10 +233,6 @@ def test_audit_command_json_and_fail_on(
     assert cli.main(argv) == 1
     assert "S3_LIFECYCLE_EXPIRES_STATE" in capsys.readouterr().out
     assert s3_options["secret"] not in str(document)
-
-
-def _audit_codes(store: Any) -> dict[str, str]:
-    return {f.code: f.level for f in run_audit(store).findings}
 
 
 def test_bucket_settings_are_read_through_throttling_like_every_request(
