@@ -180,10 +180,13 @@ class Recipe:
         )
         assert result.returncode == 0, f"RUN {command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
-    def build_stage(self, stage: Stage) -> Path:
-        """A builder stage: its WORKDIR, COPYs from the repo and RUNs; returns its root."""
+    def build_stage(self, stage: Stage, outputs: set[str]) -> Path:
+        """A builder stage: its WORKDIR, COPYs from the repo and RUNs; returns its root.
+
+        ``outputs`` are the paths later stages mount from it, mapped under that root.
+        """
         root = self.work / f"stage-{stage.name}"
-        paths: dict[str, Path] = {}
+        paths = {output: root / output.lstrip("/") for output in outputs}
         workdir = root
         for instruction in stage.instructions:
             if instruction.keyword == "WORKDIR":
@@ -201,8 +204,6 @@ class Recipe:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(copied, target)
             elif instruction.keyword == "RUN" and not instruction.flags:
-                # absolute paths the RUN names, other than the work dir: under the stage's root
-                paths.update({p: root / p.lstrip("/") for p in re.findall(r"(?<![\w.-])/\w+", instruction.args)})
                 self._run(instruction, workdir, paths, {})
             else:
                 raise AssertionError(f"builder stage: {instruction.keyword} {instruction.args} is not emulated")
@@ -211,9 +212,13 @@ class Recipe:
     def install(self) -> Image:
         """Build the stages the final one mounts from, then carry out the final stage."""
         final = self.dockerfile.final
+        mounts = [mount_options(f) for i in final.all("RUN") for n, f in i.flags.items() if n.startswith("mount:")]
         for stage in self.dockerfile.stages[:-1]:
             assert stage.name, "every stage but the last is named"
-            self._stage_roots[stage.name] = self.build_stage(stage)
+            outputs = {mount["source"] for mount in mounts if mount.get("from") == stage.name}
+            self._stage_roots[stage.name] = self.build_stage(stage, outputs)
+        root = self.work / "stage-final"  # the final stage's RUNs start in its empty root
+        root.mkdir()
         args: dict[str, str] = {}
         env = dict(BASE_ENV)
         user = workdir = ""
@@ -235,7 +240,7 @@ class Recipe:
                         run_paths[mount["target"]] = self._stage_roots[mount["from"]] / source.lstrip("/")
                     else:
                         run_paths[mount["target"]] = REPO / source
-                self._run(instruction, REPO, run_paths, args)
+                self._run(instruction, root, run_paths, args)
             elif keyword == "ENV":
                 env.update(env_assignments(self._map(instruction.args, paths), env))
             elif keyword == "USER":

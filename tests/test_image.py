@@ -36,6 +36,7 @@ from tests.image_recipe import (
     Image,
     Recipe,
     context_sources,
+    env_assignments,
     installed_bytes,
     parse_dockerfile,
 )
@@ -48,15 +49,14 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 VENV_BUDGET_BYTES = 150_000_000
 
 
+def _pod_spec(job: str) -> dict[str, Any]:
+    cronjob = yaml.safe_load(CRONJOBS[job].read_text())
+    return dict(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+
+
 def _cronjob_container(job: str) -> dict[str, Any]:
-    cronjob = yaml.safe_load(CRONJOBS[job].read_text())
-    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (container,) = _pod_spec(job)["containers"]
     return dict(container)
-
-
-def _pod_security(job: str) -> dict[str, Any]:
-    cronjob = yaml.safe_load(CRONJOBS[job].read_text())
-    return dict(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["securityContext"])
 
 
 # -- the Dockerfile itself ------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_uses() -> None:
 def test_the_manifests_run_the_image_as_the_dockerfile_builds_it() -> None:
     final = parse_dockerfile().final
     uid, gid = (int(part) for part in final.one("USER").args.split(":"))
-    env = {name: value for i in final.all("ENV") for name, value in re.findall(r"(\w+)=(\S+)", i.args)}
+    env = {name: value for i in final.all("ENV") for name, value in env_assignments(i.args, {}).items()}
     overlay_images = set()
     for cloud in ("aws", "gcp"):
         kustomization = yaml.safe_load((KUBERNETES / f"overlays/{cloud}/kustomization.yaml").read_text())
@@ -127,7 +127,8 @@ def test_the_manifests_run_the_image_as_the_dockerfile_builds_it() -> None:
         container = _cronjob_container(job)
         assert container["image"].rsplit(":", 1)[0] in overlay_images
         assert container["command"] == json.loads(final.one("ENTRYPOINT").args)
-        assert (_pod_security(job)["runAsUser"], _pod_security(job)["runAsGroup"]) == (uid, gid)
+        security = _pod_spec(job)["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid)
         assert {e["name"]: e["value"] for e in container["env"]}["HOME"] == env["HOME"] == "/tmp"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -164,6 +165,7 @@ def run_in_pod(image: Image, argv: list[str], env: dict[str, str] | None = None)
     )
 
 
+@pytest.mark.image
 def test_the_pod_can_write_only_to_tmp(image: Image) -> None:
     probe = (
         "import json, os\n"
@@ -182,6 +184,7 @@ def test_the_pod_can_write_only_to_tmp(image: Image) -> None:
     assert json.loads(ran.stdout) == [65532, 65532, [], True, False, False, "/tmp"]
 
 
+@pytest.mark.image
 def test_the_venv_holds_the_stores_at_the_pinned_versions_within_budget_but_no_airflow(image: Image) -> None:
     listing = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
     ran = run_in_pod(image, ["python", "-c", listing])
@@ -254,6 +257,7 @@ def _cronjob_run(image: Image, job: str, config: dict[str, str], *extra: str) ->
     return run_in_pod(image, [*argv, *extra], env)
 
 
+@pytest.mark.image
 def test_the_cronjobs_commands_run_in_the_image(image: Image, store: tuple[ObjectStoreBackend, dict[str, str]]) -> None:
     backend, config = store
     before = sorted(o.path for o in backend.store.iter_objects())
