@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -67,7 +67,8 @@ def _sqlalchemy_url(conn_id: str) -> str:
     """A SQLAlchemy URL from an Airflow connection's fields (its type names the dialect).
 
     Not the connection's URI: Airflow spells it ``postgres://`` (SQLAlchemy wants ``postgresql``)
-    and quotes a SQLite path into the host part.
+    and quotes a SQLite path into the host part. Extras are not passed on (they hold options of
+    Airflow's hooks); set e.g. ``PGSSLMODE`` in the workers' environment.
     """
     import sqlalchemy
     from airflow.sdk import BaseHook
@@ -93,7 +94,7 @@ def _reconciler(conn_id: str | None) -> Reconciler | None:
     return AirflowDBReconciler(_sqlalchemy_url(conn_id))
 
 
-def _fail_with(summary: Mapping[str, Any], error: Exception) -> None:
+def _fail_with(summary: Mapping[str, Any], error: Exception) -> NoReturn:
     """Keep the summary as the failed task's XCom (for callbacks and the UI), then fail the task."""
     from airflow.sdk import get_current_context
 
@@ -161,7 +162,7 @@ def gc_dag(
             _fail_with(
                 summary,
                 StoreError(
-                    f"GC of {store.url}, shard {report.shard}: {report.errors} errors: "
+                    f"GC of {store.url}, shard {report.shard}: {report.errors} of its reads or deletes failed: "
                     + "; ".join(report.error_samples)
                 ),
             )
