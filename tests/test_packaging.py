@@ -307,7 +307,8 @@ def test_wheel_and_sdist_build_check_and_work_without_airflow(tmp_path: Path) ->
         bin_dir / "python",
         "-c",
         "import objstore_backend, objstore_backend.gc, objstore_backend.audit, objstore_backend.cli, "
-        "objstore_backend.provider; print(objstore_backend.provider.get_provider_info()['package-name'])",
+        "objstore_backend.dags, objstore_backend.provider; "
+        "print(objstore_backend.provider.get_provider_info()['package-name'])",
         env=env,
     )
     assert imported.stdout.strip() == DIST_NAME
