@@ -43,6 +43,11 @@ CHROMIUM_ARGS = [
 ]
 
 
+def _segment(key: str) -> str:
+    """A key as one URL path segment; dots encoded too, or clients resolve "." and ".." away."""
+    return quote(key, safe="").replace(".", "%2E")
+
+
 @dataclass
 class Deployment:
     server: ApiServer
@@ -54,11 +59,11 @@ class Deployment:
     def task_path(self, task_id: str, key: str | None = None, *, api: str = "/objstore-backend", **query: Any) -> str:
         path = f"{api}/dags/{DAG_ID}/dagRuns/{quote(self.run_id, safe='')}/taskInstances/{task_id}/state-store"
         if key is not None:
-            path += "/" + quote(key, safe="")
+            path += "/" + _segment(key)
         return path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
 
     def asset_path(self, key: str | None = None, *, api: str = "/objstore-backend") -> str:
-        return f"{api}/assets/{self.asset_id}/state-store" + ("/" + quote(key, safe="") if key is not None else "")
+        return f"{api}/assets/{self.asset_id}/state-store" + ("/" + _segment(key) if key is not None else "")
 
     def scope(self, task_id: str, map_index: int = -1) -> Any:
         from airflow.state import TaskScope
@@ -283,3 +288,126 @@ def test_airflow_own_state_routes_refuse_instead_of_diverging(deployment: Deploy
             assert server.call(method, path, "viewer", json=body).status_code == 403
     assert deployment.db_rows() == rows_before == 0  # nothing written to a table no task reads
     assert backend.get(deployment.scope("submit_job"), "job_id") == job_id
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+def test_hostile_ids_and_bodies_get_clear_answers_and_stay_in_scope(deployment: Deployment) -> None:
+    server, backend = deployment.server, deployment.backend
+    scope = deployment.scope("process", 2)
+    prefix = scope_prefix(scope)
+    before = {o.path for o in backend.store.iter_objects() if not o.path.startswith(prefix)}
+    keys = ["a/b", "..", ".", "ünïcode ✓", "%2F", "k" * 2000]
+    for key in keys:
+        path = deployment.task_path("process", key, map_index=2)
+        assert server.call("PUT", path, "admin", json={"value": {"key": key[:50]}}).status_code == 204, key
+        answer = server.call("GET", path, "admin")
+        assert answer.status_code == 200 and answer.json()["value"] == {"key": key[:50]}, key
+    listed = server.call("GET", deployment.task_path("process", map_index=2, limit=100), "admin").json()
+    assert {"a/b", "..", ".", "ünïcode ✓", "%2F"} <= {e["key"] for e in listed["task_state_store"]}
+    # nothing was written or touched outside the task instance's prefix
+    assert {o.path for o in backend.store.iter_objects() if not o.path.startswith(prefix)} == before
+
+    # ids that would walk the layout: no route, or an empty answer, never another scope's keys
+    assert (
+        server.call(
+            "GET", f"/objstore-backend/dags/..%2F{DAG_ID}/dagRuns/x/taskInstances/t/state-store", "admin"
+        ).status_code
+        == 404
+    )
+    dots = server.call("GET", f"/objstore-backend/dags/{DAG_ID}/dagRuns/../taskInstances/process/state-store", "admin")
+    assert dots.status_code in (200, 404) and dots.json().get("total_entries", 0) == 0
+    assert server.call("GET", deployment.task_path("process", map_index="-5"), "admin").status_code == 422
+
+    path = deployment.task_path("process", "bad", map_index=2)
+    raw = {"Authorization": f"Bearer {server.token('admin')}", "Content-Type": "application/json"}
+    for body in (b"{not json", b'{"value": NaN}', b'{"value": null}', b'{"value": 1, "extra": 2}', b""):
+        answer = server.client.put(path, content=body, headers=raw)
+        assert answer.status_code == 422 and answer.json()["detail"], body
+    assert backend.get(scope, "bad") is None
+
+    # a huge value: over Airflow's own [state_store] max_value_storage_bytes the API refuses it as
+    # Airflow's does; a task may still have stored one: the list leaves it out and says why, and a
+    # GET of the key alone returns it whole
+    huge = "x" * 600_000
+    refused = server.call("PUT", deployment.task_path("process", "huge", map_index=2), "admin", json={"value": huge})
+    assert refused.status_code == 422 and "max_value_storage_bytes" in refused.text
+    backend.set(scope, "huge", json.dumps(huge))
+    entries = {
+        e["key"]: e
+        for e in server.call("GET", deployment.task_path("process", map_index=2, limit=100), "admin").json()[
+            "task_state_store"
+        ]
+    }
+    assert entries["huge"]["value"] is None and "GET the key alone" in entries["huge"]["problem"]
+    assert entries["huge"]["size_bytes"] >= 600_000
+    assert server.call("GET", deployment.task_path("process", "huge", map_index=2), "admin").json()["value"] == huge
+
+    # an expired key: shown as such until the GC collects it; tasks already see it gone
+    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    expired_path = deployment.task_path("process", "stale", map_index=2)
+    assert server.call("PUT", expired_path, "admin", json={"value": 1, "expires_at": past}).status_code == 204
+    entry = server.call("GET", expired_path, "admin").json()
+    assert entry["expired"] is True and entry["value"] == 1
+    assert backend.get(scope, "stale") is None
+
+
+def test_overview_is_taken_on_demand_and_read_a_page_at_a_time(deployment: Deployment) -> None:
+    server = deployment.server
+    untaken = server.call("GET", "/objstore-backend/overview", "viewer").json()
+    assert untaken["taken_at"] is None or untaken["inventory"] is not None
+    taken = server.call("POST", "/objstore-backend/overview/inventory", "viewer").json()
+    objects = list(deployment.backend.store.iter_objects())
+    assert taken["inventory"]["keys"] == len(objects)
+    assert [d["dag_id"] for d in taken["dags"]] == [DAG_ID] and taken["total_dags"] == 1
+    page = server.call("GET", "/objstore-backend/overview?limit=1&offset=1", "viewer").json()
+    assert page["dags"] == [] and page["taken_at"] == taken["taken_at"]
+
+
+# -- the task instance tab in a real browser --------------------------------------------------
+
+
+def test_task_instance_tab_shows_and_edits_the_bucket_in_a_browser(deployment: Deployment) -> None:
+    from playwright.sync_api import sync_playwright
+
+    server, backend = deployment.server, deployment.backend
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    scope = deployment.scope("submit_job")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 820})
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(server.url + "/")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill("admin-pw")
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(server.url + "/")
+
+            page.goto(f"{server.url}/dags/{DAG_ID}/runs/{quote(deployment.run_id, safe='')}/tasks/submit_job")
+            page.get_by_text("State store (object storage)").click()
+            tab = page.frame_locator("iframe")
+            progress = tab.locator("tr[data-key='progress']")
+            progress.wait_for()
+            table = tab.locator("#state-table").inner_text()
+            assert backend.get(scope, "job_id").strip('"') in table and '"percent": 0' in table
+            assert "never" in tab.locator("tr[data-key='submitted_by']").inner_text()
+            assert tab.locator("#total").inner_text() == "3 keys"
+            page.screenshot(path=str(ARTIFACTS / "task-instance-tab.png"))
+
+            progress.get_by_role("button", name="Edit").click()
+            progress.locator("textarea").fill('{"stage": "reset by an operator", "percent": 0}')
+            progress.get_by_role("button", name="Save").click()
+            tab.locator("#status").filter(has_text="Saved progress").wait_for()
+            assert json.loads(backend.get(scope, "progress")) == {"stage": "reset by an operator", "percent": 0}
+            assert "reset by an operator" in tab.locator("tr[data-key='progress']").inner_text()
+
+            # Airflow's dark theme reaches the framed page
+            light = tab.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+            page.evaluate("document.documentElement.classList.replace('light', 'dark')")
+            tab.locator("html[data-theme='dark']").wait_for(state="attached")
+            assert tab.locator("body").evaluate("b => getComputedStyle(b).backgroundColor") != light
+            page.screenshot(path=str(ARTIFACTS / "task-instance-tab-dark.png"))
+        finally:
+            browser.close()

@@ -92,7 +92,8 @@ class StateTable {
     Object.assign(this, { root, collectionUrl, listKey, query, canExpire, offset: 0 });
   }
   itemUrl(key) {
-    return `${this.collectionUrl}/${encodeURIComponent(key)}${this.query}`;
+    // dots encoded too: a browser resolves a "." or ".." segment away before sending it
+    return `${this.collectionUrl}/${encodeURIComponent(key).replace(/\./g, "%2E")}${this.query}`;
   }
   listUrl() {
     const sep = this.query ? "&" : "?";
