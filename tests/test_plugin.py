@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -78,33 +79,62 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, moto_server: Any, s3_client: Any) -> Iterator[Deployment]:
-    s3_bucket = "plugin-state"
-    s3_client.create_bucket(Bucket=s3_bucket)
-    s3_options = {
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    template = tmp_path_factory.mktemp("plugin-template")
+    subprocess.run([AIRFLOW, "db", "migrate"], env=_airflow_env(template), check=True, capture_output=True)
+    return template / "airflow.db"
+
+
+@contextmanager
+def _deployed(
+    tmp_path: Path, migrated_db: Path, moto_server: Any, s3_client: Any, bucket: str, mode_setting: str
+) -> Iterator[Deployment]:
+    """The example DAG run in one mode on its own bucket, then an API server over the result."""
+    s3_client.create_bucket(Bucket=bucket)
+    options = {
         "endpoint_url": moto_server.endpoint_url,
         "key": "testing",
         "secret": "testing",
         "client_kwargs": {"region_name": "us-east-1"},
     }
-    template = tmp_path_factory.mktemp("plugin-template")
-    subprocess.run([AIRFLOW, "db", "migrate"], env=_airflow_env(template), check=True, capture_output=True)
-    home = tmp_path_factory.mktemp("plugin-home")
     config = {
-        "AIRFLOW__STATE_STORE__BACKEND": BACKEND,
-        "AIRFLOW__OBJSTORE_BACKEND__PATH": f"s3://{s3_bucket}/airflow/state/",
-        "AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS": json.dumps(s3_options),
-        **auth_settings(home),
+        mode_setting: BACKEND,
+        "AIRFLOW__OBJSTORE_BACKEND__PATH": f"s3://{bucket}/airflow/state/",
+        "AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS": json.dumps(options),
+        **auth_settings(tmp_path),
     }
-    run_demo(template / "airflow.db", home, **config)
-    server = ApiServer(home, _airflow_env(home, **config)).wait_ready()
+    run_demo(migrated_db, tmp_path, **config)
+    server = ApiServer(tmp_path, _airflow_env(tmp_path, **config)).wait_ready()
     try:
         [run] = server.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", "admin").json()["dag_runs"]
         [asset] = [a for a in server.call("GET", "/api/v2/assets", "admin").json()["assets"] if a["name"] == "orders"]
-        backend = ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_options))
-        yield Deployment(server, backend, home, run["dag_run_id"], asset["id"])
+        backend = ObjectStoreBackend(StoreSettings(path=f"s3://{bucket}/airflow/state", storage_options=options))
+        yield Deployment(server, backend, tmp_path, run["dag_run_id"], asset["id"])
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path, moto_server: Any, s3_client: Any
+) -> Iterator[Deployment]:
+    """Primary mode: ``[state_store] backend``."""
+    home = tmp_path_factory.mktemp("plugin-primary")
+    with _deployed(
+        home, migrated_template, moto_server, s3_client, "plugin-primary", "AIRFLOW__STATE_STORE__BACKEND"
+    ) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def offload_deployment(
+    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path, moto_server: Any, s3_client: Any
+) -> Iterator[Deployment]:
+    """Offload mode: ``[workers] state_store_backend``."""
+    home = tmp_path_factory.mktemp("plugin-offload")
+    setting = "AIRFLOW__WORKERS__STATE_STORE_BACKEND"
+    with _deployed(home, migrated_template, moto_server, s3_client, "plugin-offload", setting) as d:
+        yield d
 
 
 # -- Airflow's auth on every route ---------------------------------------------------------
@@ -411,3 +441,45 @@ def test_task_instance_tab_shows_and_edits_the_bucket_in_a_browser(deployment: D
             page.screenshot(path=str(ARTIFACTS / "task-instance-tab-dark.png"))
         finally:
             browser.close()
+
+
+# -- offload mode: Airflow's rows, references resolved -----------------------------------------
+
+
+def _row_value(d: Deployment, task_id: str, key: str) -> Any:
+    with sqlite3.connect(d.home / "airflow.db") as db:
+        found = db.execute(
+            "SELECT value FROM task_state_store WHERE task_id = ? AND key = ?", (task_id, key)
+        ).fetchone()
+    return None if found is None else json.loads(found[0])
+
+
+def test_offload_mode_shows_values_behind_airflow_references(offload_deployment: Deployment) -> None:
+    d = offload_deployment
+    server, store = d.server, d.backend.store
+    entries = {e["key"]: e for e in server.call("GET", d.task_path("submit_job"), "viewer").json()["task_state_store"]}
+    ref = _row_value(d, "submit_job", "job_id")["__airflow_state_ref__"]
+    assert entries["job_id"]["value"] == json.loads(bytes(store.read(ref.removeprefix("objstore:")).body))
+    assert entries["job_id"]["mode"] == "offload" and entries["submitted_by"]["expires_at"] is None
+    assets = server.call("GET", d.asset_path(), "viewer").json()["asset_state_store"]
+    assert [(e["key"], e["value"]) for e in assets] == [("watermark", 100)]
+    # in offload mode Airflow's rows are what tasks read: its own routes answer as usual
+    own = server.call("GET", d.task_path("submit_job", "job_id", api="/api/v2"), "viewer")
+    assert own.status_code == 200 and own.json()["value"] == {"__airflow_state_ref__": ref}
+
+    # a write goes where a task's would: the value to the bucket, the reference to Airflow's row
+    path = d.task_path("submit_job", "operator_note")
+    assert server.call("PUT", path, "admin", json={"value": {"why": "rerun"}, "expires_at": None}).status_code == 204
+    note_ref = _row_value(d, "submit_job", "operator_note")["__airflow_state_ref__"]
+    assert d.backend.deserialize_task_state_store_from_ref(note_ref) == {"why": "rerun"}
+    assert server.call("DELETE", path, "admin").status_code == 204
+    assert _row_value(d, "submit_job", "operator_note") is None
+    assert store.read(note_ref.removeprefix("objstore:")) is None
+
+    # an object missing behind a reference: the list says so, a GET of the key is a clear 502
+    store.delete(ref.removeprefix("objstore:"))
+    entries = {e["key"]: e for e in server.call("GET", d.task_path("submit_job"), "viewer").json()["task_state_store"]}
+    assert entries["job_id"]["value"] is None and "which is missing" in entries["job_id"]["problem"]
+    assert entries["progress"]["value"] == {"stage": "submitted", "percent": 0}  # the rest of the page is intact
+    missing = server.call("GET", d.task_path("submit_job", "job_id"), "viewer")
+    assert missing.status_code == 502 and ref.removeprefix("objstore:") in missing.json()["detail"]
