@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from objstore_backend.errors import StoreError
 from objstore_backend.plugin.models import AssetStateCollection, StateEntry, TaskStateCollection
-from objstore_backend.plugin.state import BucketState, DatabaseState, StateSource, configured_mode
+from objstore_backend.plugin.state import BucketState, DatabaseState, Entry, StateSource, configured_mode
 
 __all__ = ["CSRF_HEADER", "SourceDep", "Sources", "router", "unforgeable_write"]
 
@@ -135,7 +135,7 @@ def _resolve_expires_at(expires_at: datetime | None | Literal["default"]) -> dat
     return None if days == 0 else datetime.now(timezone.utc) + timedelta(days=days)
 
 
-def _one(entry: Any, what: str) -> StateEntry:
+def _one(entry: Entry | None, what: str) -> StateEntry:
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
     if entry.value is None and entry.problem:

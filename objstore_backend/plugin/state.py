@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -91,7 +92,7 @@ class _Read:
     missing: bool = False
 
 
-class StateSource:
+class StateSource(ABC):
     """The operations behind the routes; one implementation per mode."""
 
     mode: Mode
@@ -100,24 +101,29 @@ class StateSource:
         self.backend = backend
         self.store = backend.store
 
+    @abstractmethod
     async def page(self, scope: Scope, limit: int, offset: int) -> tuple[list[Entry], int]:
-        raise NotImplementedError
+        """One page of the scope's keys, ordered by key, and how many keys it holds."""
 
+    @abstractmethod
     async def get(self, scope: Scope, key: str) -> Entry | None:
-        raise NotImplementedError
+        """One key with its whole value, or ``None`` if it does not exist."""
 
+    @abstractmethod
     async def set(self, scope: Scope, key: str, value: Any, expires_at: datetime | None) -> None:
-        raise NotImplementedError
+        """Create or overwrite a key."""
 
+    @abstractmethod
     async def patch(self, scope: Scope, key: str, value: Any) -> bool:
         """Replace the value of an existing key, keeping its expiry; ``False`` if there is none."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def delete(self, scope: Scope, key: str) -> None:
-        raise NotImplementedError
+        """Delete one key; a missing key is fine."""
 
+    @abstractmethod
     async def clear(self, scope: Scope, all_map_indices: bool) -> None:
-        raise NotImplementedError
+        """Delete every key of the scope (with ``all_map_indices``, of every map index of the task)."""
 
     async def _read(self, path: str, listed: ListedObject | None, *, whole: bool) -> _Read:
         """An object's value, unless ``whole`` is false and the listing shows it is too large."""
@@ -240,12 +246,18 @@ class DatabaseState(StateSource):
         return AssetModel, [AssetModel.asset_id == scope.asset_id]
 
     def _rows(
-        self, scope: Scope, *, key: str | None = None, limit: int | None = None, offset: int = 0, every: bool = False
+        self,
+        scope: Scope,
+        *,
+        key: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        all_map_indices: bool = False,
     ) -> tuple[list[_Row], int]:
         from airflow.utils.session import create_session
         from sqlalchemy import func, select
 
-        model, filters = self._model_and_filters(scope, all_map_indices=every)
+        model, filters = self._model_and_filters(scope, all_map_indices)
         if key is not None:
             filters.append(model.key == key)
         columns = [model.key, model.value, model.updated_at]
@@ -291,7 +303,7 @@ class DatabaseState(StateSource):
         """Delete the rows (one key, or the scope's), returning what they held."""
         from airflow.state.metastore import MetastoreBackend
 
-        rows, _ = self._rows(scope, key=key, every=all_map_indices)
+        rows, _ = self._rows(scope, key=key, all_map_indices=all_map_indices)
         if key is not None:
             MetastoreBackend().delete(scope, key)
         else:
