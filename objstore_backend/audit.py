@@ -75,7 +75,7 @@ def _add(table: dict[str, dict[str, int]], name: str, size: int) -> None:
     row["bytes"] += size
 
 
-async def _take_inventory(store: ObjectStore, fs: Any, concurrency: int) -> Inventory:
+async def _take_inventory(store: ObjectStore, fs: Any, concurrency: int, top_dags: int | None) -> Inventory:
     inventory = Inventory()
     dags: dict[str, dict[str, int]] = {}
     largest: list[tuple[int, str]] = []
@@ -118,7 +118,7 @@ async def _take_inventory(store: ObjectStore, fs: Any, concurrency: int) -> Inve
                 inventory.expired_backlog["bytes"] += size
                 oldest = metadata.expires_at if oldest is None else min(oldest, metadata.expires_at)
     inventory.expired_backlog["oldest_expiry"] = oldest.isoformat() if oldest else None
-    top = sorted(dags.items(), key=lambda item: (-item[1]["bytes"], item[0]))[:_TOP]
+    top = sorted(dags.items(), key=lambda item: (-item[1]["bytes"], item[0]))[:top_dags]
     inventory.top_dags = [{"dag_id": dag_id, **row} for dag_id, row in top]
     inventory.largest = [{"path": path, "bytes": size} for size, path in sorted(largest, reverse=True)]
     return inventory
@@ -396,8 +396,8 @@ def check_local_directory(root: str) -> list[Finding]:
     return []
 
 
-async def _audit(store: ObjectStore, fs: Any, concurrency: int) -> AuditReport:
-    inventory = await _take_inventory(store, fs, concurrency)
+async def _audit(store: ObjectStore, fs: Any, concurrency: int, top_dags: int | None) -> AuditReport:
+    inventory = await _take_inventory(store, fs, concurrency, top_dags)
     base_prefix = store.root.split("/", 1)[1] + "/" if "/" in store.root else ""
     if isinstance(store.transport, S3Transport):
         findings = check_s3_bucket(await _s3_config(store, fs), base_prefix)
@@ -428,7 +428,7 @@ async def _audit(store: ObjectStore, fs: Any, concurrency: int) -> AuditReport:
     return AuditReport(inventory, sorted(findings, key=lambda f: (-LEVELS.index(f.level), f.code)))
 
 
-def run_audit(store: ObjectStore, *, concurrency: int = 32) -> AuditReport:
-    """Inventory and bucket checks, read-only."""
-    report: AuditReport = store._run(lambda fs: _audit(store, fs, concurrency))
+def run_audit(store: ObjectStore, *, concurrency: int = 32, top_dags: int | None = _TOP) -> AuditReport:
+    """Inventory and bucket checks, read-only. ``top_dags``: how many DAGs to list by bytes (None: all)."""
+    report: AuditReport = store._run(lambda fs: _audit(store, fs, concurrency, top_dags))
     return report

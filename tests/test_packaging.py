@@ -279,11 +279,14 @@ def test_wheel_and_sdist_build_check_and_work_without_airflow(tmp_path: Path) ->
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = archive.read(f"objstore_backend-{version}.dist-info/entry_points.txt").decode()
-    package = {f"objstore_backend/{path.name}" for path in (REPO / "objstore_backend").glob("*.py")}
-    assert {"objstore_backend/provider.py", "objstore_backend/cli.py"} <= package
+    source = REPO / "objstore_backend"
+    package = {f"objstore_backend/{path.relative_to(source)}" for path in source.rglob("*.py")}
+    assert {"objstore_backend/provider.py", "objstore_backend/cli.py", "objstore_backend/plugin/api.py"} <= package
+    pages = {f"objstore_backend/plugin/static/{name}" for name in ("page.css", "page.js")}
     assert {name for name in names if not name.startswith(f"objstore_backend-{version}.dist-info/")} == package | {
         "objstore_backend/py.typed"
-    }
+    } | pages
+    assert "[airflow.plugins]\nobjstore_backend = objstore_backend.plugin:ObjectStorePlugin" in entry_points
     assert "[apache_airflow_provider]\nprovider_info = objstore_backend.provider:get_provider_info" in entry_points
     assert "objstore-backend = objstore_backend.cli:main" in entry_points
     with tarfile.open(sdist) as archive:

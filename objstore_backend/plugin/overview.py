@@ -1,0 +1,101 @@
+"""The store overview: what ``objstore-backend audit`` computes, taken on demand, read by pages.
+
+Taking an inventory lists (and on S3 HEADs) every object under the base path, so a page view
+never does it: ``POST /overview/inventory`` takes one (one at a time per process) and keeps
+it; ``GET /overview`` answers from the last one, its per-DAG table a page at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.parameters import QueryLimit, QueryOffset
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from objstore_backend.audit import AuditReport, run_audit
+from objstore_backend.plugin.api import SourceDep, unforgeable_write
+
+__all__ = ["Inventories", "router"]
+
+router = APIRouter()
+# Every DAG's keys are counted: the permission to read all DAGs' task instances.
+_READ_ALL = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.TASK_INSTANCE))
+
+
+@dataclass(frozen=True)
+class _Taken:
+    report: AuditReport
+    store: str
+    taken_at: datetime
+    seconds: float
+
+
+class Inventories:
+    """The last inventory this process took; a lock keeps two clicks from scanning twice."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.last: _Taken | None = None
+
+
+class DagRow(BaseModel):
+    dag_id: str
+    keys: int
+    bytes: int
+
+
+class Overview(BaseModel):
+    store: str | None = None
+    taken_at: datetime | None = None
+    seconds: float | None = None
+    inventory: dict[str, Any] | None = None
+    findings: list[dict[str, str]] = []
+    dags: list[DagRow] = []
+    total_dags: int = 0
+
+
+def _overview(taken: _Taken | None, limit: int, offset: int) -> Overview:
+    if taken is None:
+        return Overview()
+    inventory = asdict(taken.report.inventory)
+    dags = inventory.pop("top_dags")
+    return Overview(
+        store=taken.store,
+        taken_at=taken.taken_at,
+        seconds=taken.seconds,
+        inventory=inventory,
+        findings=[asdict(f) for f in taken.report.findings],
+        dags=[DagRow(**row) for row in dags[offset : offset + limit]],
+        total_dags=len(dags),
+    )
+
+
+def _inventories(request: Request) -> Inventories:
+    inventories: Inventories = request.app.state.inventories
+    return inventories
+
+
+@router.get("/overview", dependencies=[_READ_ALL])
+async def overview(request: Request, limit: QueryLimit, offset: QueryOffset) -> Overview:
+    """The last inventory taken (empty fields if none yet); DAGs by bytes, a page at a time."""
+    return _overview(_inventories(request).last, limit.value or 0, offset.value or 0)
+
+
+@router.post("/overview/inventory", dependencies=[_READ_ALL, Depends(unforgeable_write)])
+async def take_inventory(request: Request, source: SourceDep, limit: QueryLimit) -> Overview:
+    """Scan the store now (every object under the base path) and keep the result."""
+    inventories = _inventories(request)
+    async with inventories.lock:
+        started = time.monotonic()
+        report = await asyncio.to_thread(run_audit, source.store, top_dags=None)
+        inventories.last = _Taken(
+            report, source.store.url, datetime.now(timezone.utc), round(time.monotonic() - started, 3)
+        )
+    return _overview(inventories.last, limit.value or 0, 0)
