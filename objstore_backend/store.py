@@ -1266,12 +1266,19 @@ class ObjectStore:
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
 
-    async def _restamp(self, fs: Any, relative: str, metadata: ObjectMetadata) -> bool:
-        path = self.full_path(relative)
-        found = await self.transport.read(fs, path)
+    async def _adopt(self, fs: Any, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        """Copy the offload object at ``source`` to ``target`` (the same path: restamp it) with
+        ``metadata``, its body as stored; ``False`` if ``source`` holds no offload object."""
+        found = await self.transport.read(fs, self.full_path(source))
         if found is None:
             return False
-        await self.transport.write(fs, path, found[0], metadata.to_strings())
+        try:
+            mode = ObjectMetadata.from_strings(found[1], self.display_path(source)).mode
+        except CorruptObjectError:
+            return False
+        if mode != "offload":
+            return False
+        await self.transport.write(fs, self.full_path(target), found[0], metadata.to_strings())
         return True
 
     async def _clear_prefix(self, fs: Any, relative_prefix: str) -> int:
@@ -1324,12 +1331,13 @@ class ObjectStore:
     async def adelete(self, relative: str) -> None:
         await self._arun(self._delete, relative)
 
-    def restamp(self, relative: str, metadata: ObjectMetadata) -> bool:
-        """Replace an object's metadata, keeping its body as stored; ``False`` if it is missing."""
-        return self._run(self._restamp, relative, metadata)
+    def adopt(self, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        """Copy the offload object at ``source`` to ``target`` with ``metadata`` (2 requests);
+        ``False``, writing nothing, if ``source`` is missing or not an offload object."""
+        return self._run(self._adopt, source, target, metadata)
 
-    async def arestamp(self, relative: str, metadata: ObjectMetadata) -> bool:
-        return await self._arun(self._restamp, relative, metadata)
+    async def aadopt(self, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        return await self._arun(self._adopt, source, target, metadata)
 
     def clear_prefix(self, relative_prefix: str) -> int:
         """Delete every object under a prefix: listing pages plus one batch delete per page."""
