@@ -27,9 +27,8 @@ import random
 import re
 import secrets
 import uuid
-import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeVar
@@ -363,6 +362,13 @@ class Transport(ABC):
         not deleted; :data:`GONE` when it was already missing.
         """
 
+    async def close(self, fs: Any) -> None:
+        """Close the connections of ``fs``, an instance bound to an event loop that is ending.
+
+        Only async filesystems are bound to a loop; the others have nothing to close.
+        """
+        return None
+
     async def remove_abandoned(self, fs: Any, prefix: str, before: datetime, *, dry_run: bool) -> int:
         """Remove what writers killed mid-write left under ``prefix`` before ``before``: how many.
 
@@ -486,6 +492,11 @@ class S3Transport(Transport):
             return await method(**fs._get_s3_method_kwargs(method, **kwargs))
         except ClientError as exc:
             raise translate_boto_error(exc) from exc
+
+    async def close(self, fs: Any) -> None:
+        creator = getattr(fs, "_s3creator", None)  # s3fs closes it only for sync instances, at exit
+        if creator is not None:
+            await creator.__aexit__(None, None, None)
 
     def retriable(self, exc: BaseException) -> bool:
         code, status, _ = _service_error(exc)
@@ -694,6 +705,11 @@ class GCSTransport(Transport):
         import aiohttp
 
         return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) and not isinstance(exc, aiohttp.ClientError)
+
+    async def close(self, fs: Any) -> None:
+        session = getattr(fs, "_session", None)
+        if session is not None and not session.closed:
+            await session.close()
 
     def client_attempts(self, exc: BaseException) -> int:
         import gcsfs
@@ -1161,7 +1177,8 @@ class ObjectStore:
         self.root = self.fs._strip_protocol(url).rstrip("/")
         self._check_bucket_name()
         self._check_root_length()
-        self._loop_fs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        #: loop -> (the filesystem bound to it, the generator that closes it when the loop shuts down)
+        self._loop_fs: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         if isinstance(self.transport, LocalTransport):  # state is private to the Airflow user
             os.makedirs(self.root, mode=0o700, exist_ok=True)
 
@@ -1231,16 +1248,47 @@ class ObjectStore:
         return result
 
     async def _bound_fs(self) -> Any:
-        """The filesystem instance bound to the running loop (async filesystems are per loop)."""
+        """The filesystem instance bound to the running loop (async filesystems are per loop).
+
+        Each is closed, and forgotten, when its loop shuts down: callers that run many
+        short-lived loops (``asyncio.run`` per call, sync-to-async bridges) keep no client,
+        connection pool or loop alive per call.
+        """
         if not self.transport.is_async:
             return self.fs
         loop = asyncio.get_running_loop()
         if loop is getattr(self.fs, "loop", None):
             return self.fs
-        fs = self._loop_fs.get(loop)
-        if fs is None:
-            fs = self._loop_fs[loop] = self._make_filesystem(asynchronous=True, loop=loop)
-        return fs
+        bound = self._loop_fs.get(loop)
+        if bound is None:
+            await self._forget_closed_loops()
+            fs = self._make_filesystem(asynchronous=True, loop=loop)
+            closer = self._close_with_loop(loop, fs)
+            bound = self._loop_fs[loop] = (fs, closer)
+            await anext(closer)  # started: the loop now tracks it, and closes it in shutdown_asyncgens()
+        return bound[0]
+
+    async def _close_with_loop(self, loop: asyncio.AbstractEventLoop, fs: Any) -> AsyncGenerator[None, None]:
+        """Suspended while ``loop`` runs; ``loop.shutdown_asyncgens()`` (``asyncio.run`` and
+        ``asyncio.Runner`` call it before closing the loop) resumes it to close ``fs``."""
+        try:
+            yield
+        finally:
+            self._loop_fs.pop(loop, None)
+            await self._close_fs(fs)
+
+    async def _forget_closed_loops(self) -> None:
+        """Loops closed without ``shutdown_asyncgens()``: their clients are marked closed and freed
+        (aiohttp closes nothing more on a closed loop; the sockets go with their transports)."""
+        for loop, (fs, _) in list(self._loop_fs.items()):
+            if loop.is_closed() and self._loop_fs.pop(loop, None) is not None:
+                await self._close_fs(fs)
+
+    async def _close_fs(self, fs: Any) -> None:
+        try:
+            await self.transport.close(fs)
+        except Exception as exc:  # a client that fails to close is no reason to fail the caller
+            logger.debug("closing the filesystem of a finished event loop: %s", describe_cause(exc))
 
     async def _arun(self, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         return await method(await self._bound_fs(), *args)
