@@ -430,5 +430,7 @@ async def _audit(store: ObjectStore, fs: Any, concurrency: int) -> AuditReport:
 
 def run_audit(store: ObjectStore, *, concurrency: int = 32) -> AuditReport:
     """Inventory and bucket checks, read-only."""
+    if concurrency < 1:  # a semaphore of 0 would wait forever
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     report: AuditReport = store._run(lambda fs: _audit(store, fs, concurrency))
     return report

@@ -30,7 +30,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from objstore_backend.codec import COMPRESSIONS
 
-__all__ = ["ENV_PREFIX", "SECTION", "StoreSettings", "embedded_default_path", "redact_url", "split_connection_id"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECTION",
+    "StoreSettings",
+    "embedded_default_path",
+    "parse_storage_options",
+    "redact_url",
+    "split_connection_id",
+]
 
 SECTION = "objstore_backend"
 ENV_PREFIX = "OBJSTORE_BACKEND_"
@@ -76,7 +84,7 @@ def split_connection_id(url: str) -> tuple[str | None, str]:
     return conn_id or None, urlunsplit(parts._replace(netloc=host))
 
 
-def _parse_storage_options(raw: Any) -> dict[str, Any]:
+def parse_storage_options(raw: Any) -> dict[str, Any]:
     if isinstance(raw, Mapping):
         return dict(raw)
     if raw in (None, ""):
@@ -130,7 +138,7 @@ class StoreSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", self.path or embedded_default_path())
         _check_protocol(self.path)
-        object.__setattr__(self, "storage_options", _parse_storage_options(self.storage_options))
+        object.__setattr__(self, "storage_options", parse_storage_options(self.storage_options))
         object.__setattr__(self, "threshold_bytes", _parse_threshold(self.threshold_bytes))
         compression = (self.compression or "none").lower()
         if compression not in COMPRESSIONS:
@@ -162,16 +170,3 @@ class StoreSettings:
     def from_mapping(cls, values: Mapping[str, Any]) -> StoreSettings:
         """From raw strings as a config file or the environment holds them; blanks are unset."""
         return cls(**{key: values[key] for key in KEYS if values.get(key) not in (None, "")})
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreSettings:
-        """From ``OBJSTORE_BACKEND_<KEY>``, else Airflow's ``AIRFLOW__OBJSTORE_BACKEND__<KEY>``.
-
-        For the commands, which run without Airflow; ``overrides`` (flags) win when not None.
-        """
-        environ = os.environ if environ is None else environ
-        values = {
-            key: environ.get(ENV_PREFIX + key.upper()) or environ.get(AIRFLOW_ENV_PREFIX + key.upper()) for key in KEYS
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.from_mapping(values)

@@ -43,12 +43,23 @@ class AirflowDBReconciler:
     """References read from Airflow's metadata DB, per DAG run, cached."""
 
     def __init__(self, url: str, *, cached_runs: int = 256) -> None:
+        """Check ``url`` and load its driver (no connection yet). Errors never repeat the URL:
+        it may hold a password."""
         try:
             import sqlalchemy
         except ImportError as exc:
-            raise ValueError("reconciling offload objects needs sqlalchemy and the DB's driver") from exc
+            raise ValueError(
+                "reconciling offload objects needs sqlalchemy: install objstore-backend[reconcile]"
+            ) from exc
+        try:
+            self._engine = sqlalchemy.create_engine(url)
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise ValueError("the URL names a database SQLAlchemy does not know") from None
+        except sqlalchemy.exc.ArgumentError:
+            raise ValueError("not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)") from None
+        except ImportError as exc:
+            raise ValueError(f"the database driver is not installed (no module {exc.name!r})") from None
         self._sql = sqlalchemy
-        self._engine = sqlalchemy.create_engine(url)
         self._runs: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
         self._cached_runs = cached_runs
         self._assets: set[str] | None = None
