@@ -16,6 +16,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from objstore_backend.errors import MetadataDBError
 from objstore_backend.layout import Location, ScopeKind, is_hashed
 
 __all__ = ["AirflowDBReconciler"]
@@ -65,8 +66,15 @@ class AirflowDBReconciler:
         self._assets: set[str] | None = None
 
     def _select(self, query: str, **params: Any) -> list[str]:
-        with self._engine.connect() as connection:
-            return [row[0] for row in connection.execute(self._sql.text(query), params)]
+        try:
+            with self._engine.connect() as connection:
+                return [row[0] for row in connection.execute(self._sql.text(query), params)]
+        except self._sql.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc  # the driver's error: no SQL, no URL
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise MetadataDBError(
+                f"reading Airflow's metadata DB failed: {type(cause).__name__}: {first_line}"
+            ) from exc
 
     def _run_refs(self, dag_id: str, run_id: str) -> set[str]:
         key = (dag_id, run_id)

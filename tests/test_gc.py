@@ -247,3 +247,26 @@ def test_both_modes_the_reconciling_gc_loses_no_asset_state(
     for _, server_scope, key, value in calls:
         ref = orjson.loads(backend.get(server_scope, key))["__airflow_state_ref__"]
         assert backend.deserialize_asset_state_store_from_ref(ref) == value
+
+
+@pytest.mark.parametrize("db", ["unreachable", "not-airflow"])
+def test_a_metadata_db_failure_is_counted_and_expired_objects_still_go(
+    db: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "state")
+    backend = ObjectStoreBackend(StoreSettings(path=path))
+    keys = populate(backend)  # 4 expired primary objects, 1 offload object, ...
+    if db == "unreachable":
+        url = f"sqlite:///{tmp_path / 'no-such-dir' / 'airflow.db'}"
+    else:
+        import sqlite3
+
+        sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+        url = f"sqlite:///{tmp_path / 'other.db'}"
+    status = cli.main(["gc", "--path", path, "--json", "--airflow-db", url, "--offload-grace", "0"])
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status == 1
+    assert (summary["errors"], summary["offload_unchecked"], summary["offload_orphans"]) == (1, 1, 0)
+    assert "metadata DB" in summary["error_samples"][0]
+    assert summary["deleted"] == len(keys["expired"]) == 4  # primary expiry does not depend on the DB
+    assert backend.store.head(object_path(TaskScope("d", "r", "t"), "offloaded")) is not None
