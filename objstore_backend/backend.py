@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
-from objstore_backend.codec import check_json_document, compress, decode_json, encode_json, validate_json_text
+from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
-from objstore_backend.errors import CorruptObjectError, StateObjectMissingError, StoreError
+from objstore_backend.errors import StateObjectMissingError, StoreError
 from objstore_backend.layout import ScopeKind, object_path, parse, scope_prefix
-from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
+from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
 
 if TYPE_CHECKING:
     import fsspec
@@ -122,20 +120,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         """What a ``get`` returns for the object read: expired means gone, damaged says so."""
         if found is None or found.metadata.is_expired():
             return None
-        with self._damage_named(path):  # a body damaged in the bucket fails here, naming its path
-            text = found.body.decode("utf-8")
-            check_json_document(found.body)
-        return text
-
-    @contextmanager
-    def _damage_named(self, path: str) -> Iterator[None]:
-        """A stored body that is not UTF-8 JSON becomes a :class:`CorruptObjectError` naming it."""
-        try:
-            yield
-        except ValueError as exc:
-            raise CorruptObjectError(
-                f"{self.store.display_path(path)}: the stored value is not a JSON document ({exc})"
-            ) from exc
+        return json_text(found.body, self.store.display_path(path))
 
     def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
@@ -223,7 +208,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
                 f"Airflow references state object {self.store.display_path(path)}, which is missing "
                 "(deleted by hand, by a bucket lifecycle rule, or written to another base path)"
             )
-        with self._damage_named(path):
+        with damage_named(self.store.display_path(path)):
             return decode_json(found.body)
 
     def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:

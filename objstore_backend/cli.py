@@ -25,7 +25,7 @@ from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
 from objstore_backend.layout import parse
 from objstore_backend.reconcile import AirflowDBReconciler
-from objstore_backend.store import ObjectStore
+from objstore_backend.store import ObjectStore, json_text
 
 __all__ = ["build_parser", "main"]
 
@@ -348,7 +348,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.metadata:
         expires = found.metadata.expires_at.isoformat() if found.metadata.expires_at else "never"
         print(f"# mode={found.metadata.mode} expires_at={expires} expired={found.metadata.is_expired()}")
-    print(orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2).decode())
+    print(json_text(found.body, store.display_path(args.object_path)))  # as stored: every number as written
     return EXIT_OK
 
 
@@ -437,12 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
+    except OSError as exc:  # first: a damaged object (CorruptObjectError) is also a ValueError
+        print(f"objstore-backend: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:  # bad settings
         print(f"objstore-backend: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"objstore-backend: {exc}", file=sys.stderr)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,7 @@ import fsspec.asyn
 import orjson
 from fsspec.core import split_protocol
 
-from objstore_backend.codec import decompress
+from objstore_backend.codec import check_json_document, decompress
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StoreAccessDenied, StoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES
 
@@ -48,7 +48,16 @@ try:  # POSIX: writers and the GC's conditional delete on the local disk agree t
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ListedObject", "Mode", "ObjectMetadata", "ObjectStore", "RetryPolicy", "StoredObject"]
+__all__ = [
+    "ListedObject",
+    "Mode",
+    "ObjectMetadata",
+    "ObjectStore",
+    "RetryPolicy",
+    "StoredObject",
+    "damage_named",
+    "json_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -1412,3 +1421,20 @@ def _decompress(body: Body, path: str) -> Body:
         return decompress(body)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise CorruptObjectError(f"{path}: compressed body is damaged") from exc
+
+
+@contextlib.contextmanager
+def damage_named(where: str) -> Iterator[None]:
+    """A stored body that is not UTF-8 JSON becomes a :class:`CorruptObjectError` naming ``where``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CorruptObjectError(f"{where}: the stored value is not a JSON document ({exc})") from exc
+
+
+def json_text(body: Body, where: str) -> str:
+    """A stored body as the JSON text it holds, verbatim: what ``get`` answers and ``objstore-backend get`` prints."""
+    with damage_named(where):
+        text = body.decode("utf-8")
+        check_json_document(body)
+    return text

@@ -126,3 +126,41 @@ def test_store_settings_come_from_the_flag_then_our_env_then_airflows(monkeypatc
     monkeypatch.setenv("OBJSTORE_BACKEND_STORAGE_OPTIONS", '{"endpoint_url": "http://ours"}')
     assert parsed() == ("gs://ours/p", {"endpoint_url": "http://ours"})
     assert parsed("--path", "memory://flag", "--storage-options", "{}") == ("memory://flag", {})
+
+
+# -- get -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"id": 1180591620717411303424}',  # 2**70: beyond a double
+        "0.1000000000000000000000000000000000000001",
+        "1e400",
+        "[1.0, -0.0, 1E+2, 10000000000000000000000000000001]",
+        '"caf\\u00e9 \\ud83d\\ude00"',
+        '{"b": 1,   "a": [ ]}',
+    ],
+)
+def test_get_prints_the_value_exactly_as_stored(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow.sdk.state import TaskScope
+
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.layout import object_path
+
+    backend = ObjectStoreBackend(cli.StoreSettings(path=str(tmp_path)))
+    scope = TaskScope("d", "r", "t")
+    backend.set(scope, "k", value)
+    assert cli.main(["get", "--path", str(tmp_path), object_path(scope, "k")]) == 0
+    assert capsys.readouterr().out == backend.get(scope, "k") + "\n" == value + "\n"
+
+
+def test_get_of_a_damaged_object_fails_with_exit_1_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from objstore_backend.store import ObjectMetadata, ObjectStore
+
+    ObjectStore(str(tmp_path)).write("task/d/r/t/-1/k", b'{"cut": ', ObjectMetadata("primary"))
+    assert cli.main(["get", "--path", str(tmp_path), "task/d/r/t/-1/k"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "task/d/r/t/-1/k: the stored value is not a JSON document" in captured.err
