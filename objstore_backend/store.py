@@ -998,13 +998,36 @@ class LocalTransport(EnvelopeTransport):
     #: Temporary files start with "~", which no escaped segment does.
     TEMP_MARKER = "~tmp-"
     GRAVE_MARKER = "~gc-"
+    #: How often a writer makes its directory again when a delete removed it, empty, meanwhile.
+    MKDIR_ATTEMPTS = 20
+
+    def __init__(self, retry: RetryPolicy | None = None, display: Callable[[str], str] | None = None) -> None:
+        super().__init__(retry, display)
+        #: The store's base directory: deletes remove the directories they empty, up to here.
+        self.root = ""
+
+    def _create_temp(self, directory: str) -> tuple[str, Any]:
+        """A new temp file in ``directory`` (made if missing), open for writing.
+
+        A delete removes a directory it leaves empty (:meth:`_prune`), which can happen between
+        this writer's ``makedirs`` and its ``open``: the writer then makes the directory again.
+        Once the temp file exists the directory is not empty, and no ``rmdir`` can remove it.
+        """
+        temp = os.path.join(directory, f"{self.TEMP_MARKER}{uuid.uuid4().hex}")
+        for attempt in range(1, self.MKDIR_ATTEMPTS + 1):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                return temp, open(temp, "wb")  # noqa: SIM115 - closed by the caller
+            except (FileNotFoundError, FileExistsError):  # makedirs: made by another, then removed
+                if attempt == self.MKDIR_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _write(self, fs: Any, path: str, data: bytes) -> None:
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        temp = os.path.join(directory, f"{self.TEMP_MARKER}{uuid.uuid4().hex}")
+        temp, handle = self._create_temp(directory)
         try:
-            with open(temp, "wb") as handle:
+            with handle:
                 handle.write(data)
             with _directory_lock(directory, exclusive=False):
                 os.replace(temp, path)
@@ -1013,15 +1036,39 @@ class LocalTransport(EnvelopeTransport):
                 os.unlink(temp)
             raise
 
+    def _prune(self, directory: str) -> None:
+        """Remove ``directory`` and its parents below the base while they are empty.
+
+        ``rmdir`` refuses a directory that is not empty, atomically: a key (or a writer's temp
+        file) created meanwhile keeps its directory. See :meth:`_create_temp` for the writer's side.
+        """
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty, or already gone
+                return
+            directory = os.path.dirname(directory)
+
+    def _delete_items(self, fs: Any, items: Sequence[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        failures = super()._delete_items(fs, items)
+        for directory in sorted({os.path.dirname(path) for path, _ in items}, key=len, reverse=True):
+            self._prune(directory)
+        return failures
+
     async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         # A nonce per write, in the header: the version the GC's conditional delete compares.
         await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)})
 
-    def _delete(self, fs: Any, path: str) -> None:
+    @staticmethod
+    def _unlink(path: str) -> None:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+    def _delete(self, fs: Any, path: str) -> None:
+        self._unlink(path)
+        self._prune(os.path.dirname(path))
 
     def _list(self, fs: Any, prefix: str) -> list[ListedObject]:
         entries = []
@@ -1041,10 +1088,12 @@ class LocalTransport(EnvelopeTransport):
         return await asyncio.to_thread(self._remove_abandoned, prefix, before.timestamp(), dry_run)
 
     def _remove_abandoned(self, prefix: str, cutoff: float, dry_run: bool) -> int:
-        """The temp files of killed writers, last written before ``cutoff``. A grave (``~gc-``) may
-        hold a value a killed GC moved aside and had still to put back: those are left alone."""
+        """The temp files of killed writers, last written before ``cutoff``, and the directories
+        left empty (by them, or by versions that did not remove emptied directories). A grave
+        (``~gc-``) may hold a value a killed GC moved aside and had still to put back: those are
+        left alone."""
         removed = 0
-        for directory, _, files in os.walk(prefix.rstrip("/") or "/"):
+        for directory, _, files in os.walk(prefix.rstrip("/") or "/", topdown=False):
             for name in files:
                 full = os.path.join(directory, name)
                 with _suppress_os_error():
@@ -1052,6 +1101,9 @@ class LocalTransport(EnvelopeTransport):
                         if not dry_run:
                             os.unlink(full)
                         removed += 1
+            if not dry_run and directory.startswith(self.root + os.sep):
+                with _suppress_os_error():
+                    os.rmdir(directory)  # only if empty
         return removed
 
     def _version(self, path: str, stat: os.stat_result) -> str:
@@ -1074,9 +1126,9 @@ class LocalTransport(EnvelopeTransport):
         return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}:{nonce}"
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
-        """Delete the file only if it is still the version checked."""
+        """Delete the file only if it is still the version checked (its directory: see :meth:`_delete_items`)."""
         if version is None:
-            self._delete(fs, path)
+            self._unlink(path)
             return None
         try:
             with _directory_lock(os.path.dirname(path), exclusive=True) as locked:
@@ -1190,6 +1242,7 @@ class ObjectStore:
         self._loop_fs: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         if isinstance(self.transport, LocalTransport):  # state is private to the Airflow user
             os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self.transport.root = self.root
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
