@@ -118,10 +118,6 @@ def _store_path(text: str) -> str:
     return StoreSettings(path=text).path if text else ""
 
 
-def _shard(text: str) -> tuple[int, int]:
-    return parse_shard(text)
-
-
 def _flag(parser: argparse.ArgumentParser, name: str, *, env: str, help: str) -> None:
     """A ``--flag`` that takes no value; its default, from an env var, must be a boolean."""
     parser.add_argument(
@@ -243,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(gc, "--dry-run", env="DRY_RUN", help="delete nothing")
     gc.add_argument(
         "--shard",
-        type=_option_type(_shard),
+        type=_option_type(parse_shard),
         default=_env_default("SHARD", (0, 1)),
         metavar="I/N",
         help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
