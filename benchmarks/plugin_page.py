@@ -32,7 +32,8 @@ from _servers import REPO, S3_OPTIONS, counts, moto_server, s3_client
 
 from objstore_backend.layout import scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore
-from tests.airflow_api import AIRFLOW, ApiServer, airflow_env, auth_settings
+from tests.airflow_api import AIRFLOW, ApiServer, auth_settings
+from tests.airflow_home import airflow_env
 
 DAG_ID, RUN_ID, TASK_ID = "bench_dag", "manual__bench", "bench_task"
 

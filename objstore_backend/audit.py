@@ -430,5 +430,7 @@ async def _audit(store: ObjectStore, fs: Any, concurrency: int, top_dags: int | 
 
 def run_audit(store: ObjectStore, *, concurrency: int = 32, top_dags: int | None = _TOP) -> AuditReport:
     """Inventory and bucket checks, read-only. ``top_dags``: how many DAGs to list by bytes (None: all)."""
+    if concurrency < 1:  # a semaphore of 0 would wait forever
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     report: AuditReport = store._run(lambda fs: _audit(store, fs, concurrency, top_dags))
     return report

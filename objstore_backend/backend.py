@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
-from objstore_backend.codec import check_json_document, compress, decode_json, encode_json, validate_json_text
+from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
-from objstore_backend.errors import CorruptObjectError, StateObjectMissingError, StoreError
-from objstore_backend.layout import object_path, parse, scope_prefix
-from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
+from objstore_backend.errors import StateObjectMissingError, StoreError
+from objstore_backend.layout import ScopeKind, object_path, parse, scope_prefix
+from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
 
 if TYPE_CHECKING:
     import fsspec
@@ -68,6 +66,11 @@ def settings_from_airflow() -> StoreSettings:
     return StoreSettings.from_mapping({key: conf.get(SECTION, key, fallback="") for key in KEYS})
 
 
+def _adopted(expires_at: datetime | None) -> ObjectMetadata:
+    """An object the server adopted from the worker: Airflow's expiry, and the GC's to collect."""
+    return ObjectMetadata("offload", expires_at, adopted=True)
+
+
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
     """Airflow task and asset state in object storage, one JSON object per key.
 
@@ -88,18 +91,22 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
 
     # -- primary mode: the API server's calls ------------------------------------------
 
-    def _primary_write(
-        self, scope: Any, key: str, value: str, expires_at: datetime | None
-    ) -> tuple[str, bytes | None, ObjectMetadata]:
-        """What a ``set`` writes: (path, body, metadata), or the ref to adopt."""
-        body = validate_json_text(value)
-        path = object_path(scope, key)
-        if body.startswith(_WRAPPED_REF_START) and self._own_ref(body) == path:
-            # Both modes configured: the worker already wrote the value at this very path and
-            # hands the server its reference. Writing the reference over it would lose the
-            # value; adopt the object instead, with the expiry Airflow gives.
-            return path, None, ObjectMetadata("offload", expires_at, adopted=True)
-        return path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at)
+    def _worker_object(self, body: bytes, path: str) -> str | None:
+        """The path of the worker's object, if ``body`` may be the worker's reference for ``path``.
+
+        With the same class on both sides, the server's ``set`` is handed the worker's wrapped
+        reference for the same key: a task key at the very same path, an asset key under
+        ``asset/name/`` or ``asset/uri/`` while the server's scope is ``asset/id/``. Anything
+        else shaped like a reference is a plain value. Whether the worker really wrote it is
+        settled by :meth:`ObjectStore.adopt`, which adopts offload-mode objects only.
+        """
+        source = self._own_ref(body) if body.startswith(_WRAPPED_REF_START) else None
+        target, referenced = parse(path), parse(source) if source is not None else None
+        if source is None or target is None or referenced is None or referenced.key != target.key:
+            return None
+        if target.kind is ScopeKind.TASK:
+            return source if source == path else None
+        return source if referenced.kind is not ScopeKind.TASK else None
 
     @staticmethod
     def _own_ref(body: bytes) -> str | None:
@@ -113,20 +120,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         """What a ``get`` returns for the object read: expired means gone, damaged says so."""
         if found is None or found.metadata.is_expired():
             return None
-        with self._damage_named(path):  # a body damaged in the bucket fails here, naming its path
-            text = found.body.decode("utf-8")
-            check_json_document(found.body)
-        return text
-
-    @contextmanager
-    def _damage_named(self, path: str) -> Iterator[None]:
-        """A stored body that is not UTF-8 JSON becomes a :class:`CorruptObjectError` naming it."""
-        try:
-            yield
-        except ValueError as exc:
-            raise CorruptObjectError(
-                f"{self.store.display_path(path)}: the stored value is not a JSON document ({exc})"
-            ) from exc
+        return json_text(found.body, self.store.display_path(path))
 
     def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
@@ -135,11 +129,10 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
 
     def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
-        path, body, metadata = self._primary_write(scope, key, value, expires_at)
-        if body is None:
-            self._check_adopted(path, self.store.restamp(path, metadata))
-        else:
-            self.store.write(path, body, metadata)
+        path, body = object_path(scope, key), validate_json_text(value)
+        source = self._worker_object(body, path)
+        if source is None or not self.store.adopt(source, path, _adopted(expires_at)):
+            self.store.write(path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at))
 
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
@@ -158,11 +151,11 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
     ) -> None:
         # docstring inherited
-        path, body, metadata = self._primary_write(scope, key, value, expires_at)
-        if body is None:
-            self._check_adopted(path, await self.store.arestamp(path, metadata))
-        else:
-            await self.store.awrite(path, body, metadata)
+        path, body = object_path(scope, key), validate_json_text(value)
+        source = self._worker_object(body, path)
+        if source is None or not await self.store.aadopt(source, path, _adopted(expires_at)):
+            metadata = ObjectMetadata("primary", expires_at)
+            await self.store.awrite(path, compress(body, self.settings.compression), metadata)
 
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
@@ -186,14 +179,8 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
 
     # -- both modes at once: the server adopts the worker's object -----------------------
 
-    def _check_adopted(self, path: str, restamped: bool) -> None:
-        if not restamped:
-            raise StateObjectMissingError(
-                f"the worker's reference points at {self.store.display_path(path)}, which is missing"
-            )
-
     def _adopted_as_ref(self, path: str, found: StoredObject | None) -> StoredObject | None:
-        """An adopted object answers with the worker's reference, which the worker resolves."""
+        """An adopted object answers with a reference to itself, which the worker resolves."""
         if found is None or not found.metadata.adopted:
             return found
         wrapped = encode_json({_WRAPPED_REF_KEY: OBJECT_REF_PREFIX + path})
@@ -221,7 +208,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
                 f"Airflow references state object {self.store.display_path(path)}, which is missing "
                 "(deleted by hand, by a bucket lifecycle rule, or written to another base path)"
             )
-        with self._damage_named(path):
+        with damage_named(self.store.display_path(path)):
             return decode_json(found.body)
 
     def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: Any) -> str:

@@ -12,25 +12,127 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from objstore_backend import __version__
 from objstore_backend.audit import LEVELS, AuditReport, run_audit
-from objstore_backend.config import ENV_PREFIX, StoreSettings
+from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreSettings, parse_storage_options
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
 from objstore_backend.layout import parse
-from objstore_backend.store import ObjectStore
+from objstore_backend.reconcile import AirflowDBReconciler
+from objstore_backend.store import ObjectStore, json_text
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line naming the option (and the env var it came from), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _FromEnv(str):
+    """An option's default read from an env var: checked like the flag, only by its subcommand
+    (argparse converts a subcommand's string defaults when that subcommand is parsed)."""
+
+    env_var: str
+
+    def __new__(cls, value: str, env_var: str) -> _FromEnv:
+        text = super().__new__(cls, value)
+        text.env_var = env_var
+        return text
+
+
+def _env_default(name: str, default: Any) -> Any:
+    """The value of ``OBJSTORE_BACKEND_<NAME>`` (or, for the store's own settings, Airflow's
+    ``AIRFLOW__OBJSTORE_BACKEND__<NAME>``) if set, else ``default``."""
+    for env_var in (ENV_PREFIX + name, AIRFLOW_ENV_PREFIX + name)[: 2 if name.lower() in KEYS else 1]:
+        if os.environ.get(env_var):
+            return _FromEnv(os.environ[env_var], env_var)
+    return default
+
+
+def _option_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``parse``'s ValueError becomes the one-line usage error, naming
+    the env var when the text came from one (and never repeating text that may hold secrets)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            source = f" (from {text.env_var})" if isinstance(text, _FromEnv) else ""
+            raise argparse.ArgumentTypeError(f"{exc}{source}") from exc
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _whole_number_at_least_1(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"must be a whole number >= 1, got {text!r}")
+    return number
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"must be a number of seconds >= 0 (e.g. 3600), got {text!r}")
+    return seconds
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ValueError(f"must be true or false (1/0, yes/no, on/off), got {text!r}")
+    return value in ("1", "true", "yes", "on")
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def choice(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return choice
+
+
+def _store_path(text: str) -> str:
+    """The base URL, checked as the backend checks it (scheme, connection id, no credentials)."""
+    return StoreSettings(path=text).path if text else ""
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, *, env: str, help: str) -> None:
+    """A ``--flag`` that takes no value; its default, from an env var, must be a boolean."""
+    parser.add_argument(
+        name, action=_StoreTrue, type=_option_type(_boolean), default=_env_default(env, False), help=help
+    )
+
+
+class _StoreTrue(argparse.Action):
+    """``store_true`` with a ``type``, so a default read from an env var is checked too."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: Any) -> None:
+        setattr(namespace, self.dest, True)
 
 
 def _subcommand(
@@ -46,11 +148,18 @@ def _subcommand(
     )
     parser.add_argument(
         "--path",
+        type=_option_type(_store_path),
+        default=_env_default("PATH", ""),
         help="base URL of the store (default: $OBJSTORE_BACKEND_PATH, "
         "$AIRFLOW__OBJSTORE_BACKEND__PATH, else $AIRFLOW_HOME/state_store)",
     )
     parser.add_argument(
-        "--storage-options", metavar="JSON", help="fsspec storage options as a JSON object (e.g. an endpoint_url)"
+        "--storage-options",
+        metavar="JSON",
+        type=_option_type(parse_storage_options),
+        default=_env_default("STORAGE_OPTIONS", {}),
+        help="fsspec storage options as a JSON object, e.g. an endpoint_url (default: "
+        "$OBJSTORE_BACKEND_STORAGE_OPTIONS, $AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS)",
     )
     parser.set_defaults(func=func)
     return parser
@@ -58,9 +167,12 @@ def _subcommand(
 
 def _sweep_options(parser: argparse.ArgumentParser, *, json_help: str, concurrency_help: str) -> None:
     """The flags the GC and the audit share, each defaulting to its OBJSTORE_BACKEND_* env var."""
-    parser.add_argument("--json", action="store_true", default=_env_flag("JSON"), help=json_help)
+    _flag(parser, "--json", env="JSON", help=json_help)
     parser.add_argument(
-        "--concurrency", type=int, default=int(_env("CONCURRENCY", "32")), help=f"{concurrency_help} (default 32)"
+        "--concurrency",
+        type=_option_type(_whole_number_at_least_1),
+        default=_env_default("CONCURRENCY", 32),
+        help=f"{concurrency_help} (default 32)",
     )
 
 
@@ -68,7 +180,7 @@ _SIMPLE_EXIT = "exit status: 0 success, 1 an operation failed, 2 bad usage or se
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="objstore-backend",
         description="Inspect and maintain an Airflow state store kept in object storage.",
         epilog="Exit status: 0 success, 1 an operation failed, 2 bad usage or settings.",
@@ -94,12 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         "get",
         cmd_get,
         summary="print one stored value",
-        description="Print the JSON value stored at PATH (as `ls` shows it) and, with -m, its metadata.",
+        description="Print the JSON value stored at PATH (as `ls` shows it), exactly as stored, and, with -m,\n"
+        "its metadata first.",
         examples=["get -m task/my_dag/manual__2026-01-01/extract/-1/job_id"],
-        exit_status=_SIMPLE_EXIT,
+        exit_status="exit status: 0 success, 1 no such object, a damaged one, or a failed read; 2 bad usage",
     )
     get.add_argument("object_path", metavar="PATH", help="the key's path relative to the base")
-    get.add_argument("-m", "--metadata", action="store_true", help="also print mode and expiry")
+    get.add_argument("-m", "--metadata", action="store_true", help="also print mode and expiry first")
 
     gc = _subcommand(
         commands,
@@ -117,36 +230,40 @@ def build_parser() -> argparse.ArgumentParser:
             "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64",
             "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
         ],
-        exit_status="exit status: 0 all went well, 1 some read or delete failed (see errors), 2 bad usage",
+        exit_status="exit status: 0 all went well, 1 some read, delete or reconciliation failed (see errors), "
+        "2 bad usage",
     )
     _sweep_options(
         gc, json_help="print the summary as one JSON object on the last line", concurrency_help="requests in flight"
     )
-    gc.add_argument("--dry-run", action="store_true", default=_env_flag("DRY_RUN"), help="delete nothing")
+    _flag(gc, "--dry-run", env="DRY_RUN", help="delete nothing")
     gc.add_argument(
         "--shard",
-        type=parse_shard,
-        default=_env("SHARD", "0/1"),
+        type=_option_type(parse_shard),
+        default=_env_default("SHARD", (0, 1)),
         metavar="I/N",
         help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
     )
     gc.add_argument(
         "--airflow-db",
         metavar="URL",
-        default=_env("AIRFLOW_DB"),
+        type=_option_type(AirflowDBReconciler),
+        dest="reconciler",
+        default=_env_default("AIRFLOW_DB", None),
         help="read-only SQLAlchemy URL of Airflow's metadata DB, to reclaim orphaned offload objects",
     )
     gc.add_argument(
         "--offload-grace",
-        type=float,
-        default=float(_env("OFFLOAD_GRACE", "3600")),
+        type=_option_type(_seconds),
+        default=_env_default("OFFLOAD_GRACE", 3600.0),
         metavar="SECONDS",
         help="never reclaim an offload object younger than this (default 3600)",
     )
     gc.add_argument(
         "--delete-mode",
-        choices=("batch", "single"),
-        default=_env("DELETE_MODE", "batch"),
+        type=_option_type(_one_of("batch", "single")),
+        metavar="{batch,single}",
+        default=_env_default("DELETE_MODE", "batch"),
         help="batch: DeleteObjects with per-key ETag conditions (AWS S3, GCS); single: one "
         "conditional delete per key, for S3-compatible servers that ignore batch conditions",
     )
@@ -176,24 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument(
         "--fail-on",
-        choices=LEVELS,
-        default=_env("FAIL_ON", "error"),
+        type=_option_type(_one_of(*LEVELS)),
+        metavar="{" + ",".join(LEVELS) + "}",
+        default=_env_default("FAIL_ON", "error"),
         help="exit 1 when a finding is at this level or above (default error)",
     )
     return parser
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(ENV_PREFIX + name, default)
-
-
-def _env_flag(name: str) -> bool:
-    return (_env(name) or "").lower() in ("1", "true", "yes")
-
-
 def open_store(args: argparse.Namespace) -> ObjectStore:
-    settings = StoreSettings.from_env(path=args.path, storage_options=args.storage_options)
-    return ObjectStore(*settings.resolve())
+    return ObjectStore(*StoreSettings(path=args.path, storage_options=args.storage_options).resolve())
 
 
 def _describe(store: ObjectStore, path: str, size: int) -> dict[str, Any]:
@@ -235,23 +344,18 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.metadata:
         expires = found.metadata.expires_at.isoformat() if found.metadata.expires_at else "never"
         print(f"# mode={found.metadata.mode} expires_at={expires} expired={found.metadata.is_expired()}")
-    print(orjson.dumps(orjson.loads(found.body), option=orjson.OPT_INDENT_2).decode())
+    print(json_text(found.body, store.display_path(args.object_path)))  # as stored: every number as written
     return EXIT_OK
 
 
 def _gc_options(args: argparse.Namespace) -> GCOptions:
-    reconciler = None
-    if args.airflow_db:
-        from objstore_backend.reconcile import AirflowDBReconciler
-
-        reconciler = AirflowDBReconciler(args.airflow_db)
     return GCOptions(
         dry_run=args.dry_run,
         concurrency=args.concurrency,
-        shard=args.shard if isinstance(args.shard, tuple) else parse_shard(args.shard),
+        shard=args.shard,
         offload_grace=timedelta(seconds=args.offload_grace),
         batched_deletes=args.delete_mode == "batch",
-        reconciler=reconciler,
+        reconciler=args.reconciler,
     )
 
 
@@ -329,12 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
+    except OSError as exc:  # first: a damaged object (CorruptObjectError) is also a ValueError
+        print(f"objstore-backend: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:  # bad settings
         print(f"objstore-backend: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"objstore-backend: {exc}", file=sys.stderr)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from objstore_backend.codec import COMPRESSIONS
 
-__all__ = ["ENV_PREFIX", "SECTION", "StoreSettings", "embedded_default_path", "split_connection_id"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECTION",
+    "StoreSettings",
+    "embedded_default_path",
+    "parse_storage_options",
+    "redact_url",
+    "split_connection_id",
+]
 
 SECTION = "objstore_backend"
 ENV_PREFIX = "OBJSTORE_BACKEND_"
@@ -43,16 +52,39 @@ def embedded_default_path() -> str:
     return os.path.join(home, "state_store")
 
 
+#: What an Airflow connection id may hold (Airflow's own rule), less ":" and "/": in a URL's
+#: user part, ``user:password@`` is a credential, never a connection id.
+_CONNECTION_ID = re.compile(r"[\w#!().-]{1,250}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with whatever is before ``@`` in its authority shown as ``***``: for messages."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def split_connection_id(url: str) -> tuple[str | None, str]:
-    """``s3://conn@bucket/p`` -> ``("conn", "s3://bucket/p")``; plain URLs pass through."""
+    """``s3://conn@bucket/p`` -> ``("conn", "s3://bucket/p")``; plain URLs pass through.
+
+    A user part that is no connection id (``KEY:SECRET@``, credentials written into the URL)
+    is refused with an error that repeats neither part.
+    """
     parts = urlsplit(url)
     if not parts.scheme or "@" not in parts.netloc:
         return None, url
     conn_id, _, host = parts.netloc.rpartition("@")
+    if conn_id and not _CONNECTION_ID.fullmatch(conn_id):
+        raise ValueError(
+            f"[{SECTION}] path {redact_url(url)}: the part before '@' is not an Airflow connection id "
+            "(letters, digits and _ - . # ! ( ) only), and credentials are never taken from the URL. "
+            "Give them in storage_options, or name an Airflow connection (s3://aws_default@bucket/...)"
+        )
     return conn_id or None, urlunsplit(parts._replace(netloc=host))
 
 
-def _parse_storage_options(raw: Any) -> dict[str, Any]:
+def parse_storage_options(raw: Any) -> dict[str, Any]:
     if isinstance(raw, Mapping):
         return dict(raw)
     if raw in (None, ""):
@@ -89,7 +121,7 @@ def _check_protocol(path: str) -> None:
     if protocol not in fsspec.available_protocols():
         known = ", ".join(p for p in ("s3", "gs", "gcs", "file", "memory") if p in fsspec.available_protocols())
         raise ValueError(
-            f"[{SECTION}] path {path!r} has the URL scheme {protocol!r}, which fsspec does not know: "
+            f"[{SECTION}] path {redact_url(path)!r} has the URL scheme {protocol!r}, which fsspec does not know: "
             f"use one of {known}, or a local directory"
         )
 
@@ -106,7 +138,7 @@ class StoreSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", self.path or embedded_default_path())
         _check_protocol(self.path)
-        object.__setattr__(self, "storage_options", _parse_storage_options(self.storage_options))
+        object.__setattr__(self, "storage_options", parse_storage_options(self.storage_options))
         object.__setattr__(self, "threshold_bytes", _parse_threshold(self.threshold_bytes))
         compression = (self.compression or "none").lower()
         if compression not in COMPRESSIONS:
@@ -138,16 +170,3 @@ class StoreSettings:
     def from_mapping(cls, values: Mapping[str, Any]) -> StoreSettings:
         """From raw strings as a config file or the environment holds them; blanks are unset."""
         return cls(**{key: values[key] for key in KEYS if values.get(key) not in (None, "")})
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreSettings:
-        """From ``OBJSTORE_BACKEND_<KEY>``, else Airflow's ``AIRFLOW__OBJSTORE_BACKEND__<KEY>``.
-
-        For the commands, which run without Airflow; ``overrides`` (flags) win when not None.
-        """
-        environ = os.environ if environ is None else environ
-        values = {
-            key: environ.get(ENV_PREFIX + key.upper()) or environ.get(AIRFLOW_ENV_PREFIX + key.upper()) for key in KEYS
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.from_mapping(values)

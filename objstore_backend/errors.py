@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "BucketNotFoundError",
     "CorruptObjectError",
+    "MetadataDBError",
     "StateObjectMissingError",
     "StoreAccessDenied",
     "StoreError",
@@ -36,3 +37,7 @@ class CorruptObjectError(StoreError, ValueError):
 
 class StoreAccessDenied(StoreError, PermissionError):
     """The store refused the credentials, or they may not do this (never retried)."""
+
+
+class MetadataDBError(OSError):
+    """Airflow's metadata DB could not be read: unreachable, refused, or not an Airflow schema."""

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from objstore_backend.errors import MetadataDBError
 from objstore_backend.layout import Location
 from objstore_backend.scan import Scanned, scan_pages
 from objstore_backend.store import CHANGED, GONE, ObjectStore
@@ -39,7 +40,9 @@ ABANDONED_AFTER = timedelta(hours=1)
 class Reconciler(Protocol):
     """Tells whether Airflow still references an offload object (see :mod:`objstore_backend.reconcile`)."""
 
-    def is_referenced(self, location: Location, path: str) -> bool: ...
+    def is_referenced(self, location: Location, path: str) -> bool:
+        """Raises :class:`~objstore_backend.errors.MetadataDBError` when it cannot tell."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class GCReport:
     never_expire: int = 0
     offload: int = 0  # offload objects left alone (referenced, young, or no reconciler)
     offload_orphans: int = 0
+    offload_unchecked: int = 0  # kept: the reconciler could not read Airflow's DB (counted in errors)
     foreign: int = 0
     unreadable: int = 0
     abandoned_temp_files: int = 0  # of writers killed mid-write (local disk): removed, or counted in a dry run
@@ -114,6 +118,7 @@ class _Sweep:
     report: GCReport
     progress: Callable[[int], None]
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    db_failed: bool = False  # Airflow's DB could not be read: reconciliation is off for this sweep
 
     async def offload_is_orphan(self, found: Scanned) -> bool:
         reconciler, modified = self.options.reconciler, found.entry.modified
@@ -121,7 +126,16 @@ class _Sweep:
             return False
         if self.now - modified < self.options.offload_grace:
             return False  # may be an in-flight set whose DB row is not written yet
-        return not await asyncio.to_thread(reconciler.is_referenced, found.location, found.entry.path)
+        if self.db_failed:  # one error, not one per object, and no wait on a dead DB per object
+            self.report.offload_unchecked += 1
+            return False
+        try:
+            return not await asyncio.to_thread(reconciler.is_referenced, found.location, found.entry.path)
+        except MetadataDBError as exc:
+            self.db_failed = True
+            self.report.offload_unchecked += 1
+            self.report._error(f"{exc}; offload objects are kept unchecked for the rest of this sweep")
+            return False
 
     async def is_due(self, found: Scanned) -> bool:
         """Count one object; True if it is due for deletion."""

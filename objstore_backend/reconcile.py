@@ -16,6 +16,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from objstore_backend.errors import MetadataDBError
 from objstore_backend.layout import Location, ScopeKind, is_hashed
 
 __all__ = ["AirflowDBReconciler"]
@@ -43,19 +44,37 @@ class AirflowDBReconciler:
     """References read from Airflow's metadata DB, per DAG run, cached."""
 
     def __init__(self, url: str, *, cached_runs: int = 256) -> None:
+        """Check ``url`` and load its driver (no connection yet). Errors never repeat the URL:
+        it may hold a password."""
         try:
             import sqlalchemy
         except ImportError as exc:
-            raise ValueError("reconciling offload objects needs sqlalchemy and the DB's driver") from exc
+            raise ValueError(
+                "reconciling offload objects needs sqlalchemy: install objstore-backend[reconcile]"
+            ) from exc
+        try:
+            self._engine = sqlalchemy.create_engine(url)
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise ValueError("the URL names a database SQLAlchemy does not know") from None
+        except sqlalchemy.exc.ArgumentError:
+            raise ValueError("not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)") from None
+        except ImportError as exc:
+            raise ValueError(f"the database driver is not installed (no module {exc.name!r})") from None
         self._sql = sqlalchemy
-        self._engine = sqlalchemy.create_engine(url)
         self._runs: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
         self._cached_runs = cached_runs
         self._assets: set[str] | None = None
 
     def _select(self, query: str, **params: Any) -> list[str]:
-        with self._engine.connect() as connection:
-            return [row[0] for row in connection.execute(self._sql.text(query), params)]
+        try:
+            with self._engine.connect() as connection:
+                return [row[0] for row in connection.execute(self._sql.text(query), params)]
+        except self._sql.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc  # the driver's error: no SQL, no URL
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise MetadataDBError(
+                f"reading Airflow's metadata DB failed: {type(cause).__name__}: {first_line}"
+            ) from exc
 
     def _run_refs(self, dag_id: str, run_id: str) -> set[str]:
         key = (dag_id, run_id)

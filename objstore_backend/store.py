@@ -27,9 +27,8 @@ import random
 import re
 import secrets
 import uuid
-import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, NoReturn, TypeVar
@@ -40,7 +39,7 @@ import fsspec.asyn
 import orjson
 from fsspec.core import split_protocol
 
-from objstore_backend.codec import decompress
+from objstore_backend.codec import check_json_document, decompress
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StoreAccessDenied, StoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES
 
@@ -49,7 +48,16 @@ try:  # POSIX: writers and the GC's conditional delete on the local disk agree t
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ListedObject", "Mode", "ObjectMetadata", "ObjectStore", "RetryPolicy", "StoredObject"]
+__all__ = [
+    "ListedObject",
+    "Mode",
+    "ObjectMetadata",
+    "ObjectStore",
+    "RetryPolicy",
+    "StoredObject",
+    "damage_named",
+    "json_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +371,13 @@ class Transport(ABC):
         not deleted; :data:`GONE` when it was already missing.
         """
 
+    async def close(self, fs: Any) -> None:
+        """Close the connections of ``fs``, an instance bound to an event loop that is ending.
+
+        Only async filesystems are bound to a loop; the others have nothing to close.
+        """
+        return None
+
     async def remove_abandoned(self, fs: Any, prefix: str, before: datetime, *, dry_run: bool) -> int:
         """Remove what writers killed mid-write left under ``prefix`` before ``before``: how many.
 
@@ -486,6 +501,11 @@ class S3Transport(Transport):
             return await method(**fs._get_s3_method_kwargs(method, **kwargs))
         except ClientError as exc:
             raise translate_boto_error(exc) from exc
+
+    async def close(self, fs: Any) -> None:
+        creator = getattr(fs, "_s3creator", None)  # s3fs closes it only for sync instances, at exit
+        if creator is not None:
+            await creator.__aexit__(None, None, None)
 
     def retriable(self, exc: BaseException) -> bool:
         code, status, _ = _service_error(exc)
@@ -694,6 +714,11 @@ class GCSTransport(Transport):
         import aiohttp
 
         return isinstance(exc, (TimeoutError, asyncio.TimeoutError)) and not isinstance(exc, aiohttp.ClientError)
+
+    async def close(self, fs: Any) -> None:
+        session = getattr(fs, "_session", None)
+        if session is not None and not session.closed:
+            await session.close()
 
     def client_attempts(self, exc: BaseException) -> int:
         import gcsfs
@@ -973,13 +998,36 @@ class LocalTransport(EnvelopeTransport):
     #: Temporary files start with "~", which no escaped segment does.
     TEMP_MARKER = "~tmp-"
     GRAVE_MARKER = "~gc-"
+    #: How often a writer makes its directory again when a delete removed it, empty, meanwhile.
+    MKDIR_ATTEMPTS = 20
+
+    def __init__(self, retry: RetryPolicy | None = None, display: Callable[[str], str] | None = None) -> None:
+        super().__init__(retry, display)
+        #: The store's base directory: deletes remove the directories they empty, up to here.
+        self.root = ""
+
+    def _create_temp(self, directory: str) -> tuple[str, Any]:
+        """A new temp file in ``directory`` (made if missing), open for writing.
+
+        A delete removes a directory it leaves empty (:meth:`_prune`), which can happen between
+        this writer's ``makedirs`` and its ``open``: the writer then makes the directory again.
+        Once the temp file exists the directory is not empty, and no ``rmdir`` can remove it.
+        """
+        temp = os.path.join(directory, f"{self.TEMP_MARKER}{uuid.uuid4().hex}")
+        for attempt in range(1, self.MKDIR_ATTEMPTS + 1):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                return temp, open(temp, "wb")  # noqa: SIM115 - closed by the caller
+            except (FileNotFoundError, FileExistsError):  # makedirs: made by another, then removed
+                if attempt == self.MKDIR_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _write(self, fs: Any, path: str, data: bytes) -> None:
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        temp = os.path.join(directory, f"{self.TEMP_MARKER}{uuid.uuid4().hex}")
+        temp, handle = self._create_temp(directory)
         try:
-            with open(temp, "wb") as handle:
+            with handle:
                 handle.write(data)
             with _directory_lock(directory, exclusive=False):
                 os.replace(temp, path)
@@ -988,15 +1036,39 @@ class LocalTransport(EnvelopeTransport):
                 os.unlink(temp)
             raise
 
+    def _prune(self, directory: str) -> None:
+        """Remove ``directory`` and its parents below the base while they are empty.
+
+        ``rmdir`` refuses a directory that is not empty, atomically: a key (or a writer's temp
+        file) created meanwhile keeps its directory. See :meth:`_create_temp` for the writer's side.
+        """
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty, or already gone
+                return
+            directory = os.path.dirname(directory)
+
+    def _delete_items(self, fs: Any, items: Sequence[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        failures = super()._delete_items(fs, items)
+        for directory in sorted({os.path.dirname(path) for path, _ in items}, key=len, reverse=True):
+            self._prune(directory)
+        return failures
+
     async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
         # A nonce per write, in the header: the version the GC's conditional delete compares.
         await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)})
 
-    def _delete(self, fs: Any, path: str) -> None:
+    @staticmethod
+    def _unlink(path: str) -> None:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+    def _delete(self, fs: Any, path: str) -> None:
+        self._unlink(path)
+        self._prune(os.path.dirname(path))
 
     def _list(self, fs: Any, prefix: str) -> list[ListedObject]:
         entries = []
@@ -1016,10 +1088,12 @@ class LocalTransport(EnvelopeTransport):
         return await asyncio.to_thread(self._remove_abandoned, prefix, before.timestamp(), dry_run)
 
     def _remove_abandoned(self, prefix: str, cutoff: float, dry_run: bool) -> int:
-        """The temp files of killed writers, last written before ``cutoff``. A grave (``~gc-``) may
-        hold a value a killed GC moved aside and had still to put back: those are left alone."""
+        """The temp files of killed writers, last written before ``cutoff``, and the directories
+        left empty (by them, or by versions that did not remove emptied directories). A grave
+        (``~gc-``) may hold a value a killed GC moved aside and had still to put back: those are
+        left alone."""
         removed = 0
-        for directory, _, files in os.walk(prefix.rstrip("/") or "/"):
+        for directory, _, files in os.walk(prefix.rstrip("/") or "/", topdown=False):
             for name in files:
                 full = os.path.join(directory, name)
                 with _suppress_os_error():
@@ -1027,6 +1101,9 @@ class LocalTransport(EnvelopeTransport):
                         if not dry_run:
                             os.unlink(full)
                         removed += 1
+            if not dry_run and directory.startswith(self.root + os.sep):
+                with _suppress_os_error():
+                    os.rmdir(directory)  # only if empty
         return removed
 
     def _version(self, path: str, stat: os.stat_result) -> str:
@@ -1049,9 +1126,9 @@ class LocalTransport(EnvelopeTransport):
         return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}:{nonce}"
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
-        """Delete the file only if it is still the version checked."""
+        """Delete the file only if it is still the version checked (its directory: see :meth:`_delete_items`)."""
         if version is None:
-            self._delete(fs, path)
+            self._unlink(path)
             return None
         try:
             with _directory_lock(os.path.dirname(path), exclusive=True) as locked:
@@ -1161,9 +1238,11 @@ class ObjectStore:
         self.root = self.fs._strip_protocol(url).rstrip("/")
         self._check_bucket_name()
         self._check_root_length()
-        self._loop_fs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        #: loop -> (the filesystem bound to it, the generator that closes it when the loop shuts down)
+        self._loop_fs: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
         if isinstance(self.transport, LocalTransport):  # state is private to the Airflow user
             os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self.transport.root = self.root
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
@@ -1231,16 +1310,47 @@ class ObjectStore:
         return result
 
     async def _bound_fs(self) -> Any:
-        """The filesystem instance bound to the running loop (async filesystems are per loop)."""
+        """The filesystem instance bound to the running loop (async filesystems are per loop).
+
+        Each is closed, and forgotten, when its loop shuts down: callers that run many
+        short-lived loops (``asyncio.run`` per call, sync-to-async bridges) keep no client,
+        connection pool or loop alive per call.
+        """
         if not self.transport.is_async:
             return self.fs
         loop = asyncio.get_running_loop()
         if loop is getattr(self.fs, "loop", None):
             return self.fs
-        fs = self._loop_fs.get(loop)
-        if fs is None:
-            fs = self._loop_fs[loop] = self._make_filesystem(asynchronous=True, loop=loop)
-        return fs
+        bound = self._loop_fs.get(loop)
+        if bound is None:
+            await self._forget_closed_loops()
+            fs = self._make_filesystem(asynchronous=True, loop=loop)
+            closer = self._close_with_loop(loop, fs)
+            bound = self._loop_fs[loop] = (fs, closer)
+            await anext(closer)  # started: the loop now tracks it, and closes it in shutdown_asyncgens()
+        return bound[0]
+
+    async def _close_with_loop(self, loop: asyncio.AbstractEventLoop, fs: Any) -> AsyncGenerator[None, None]:
+        """Suspended while ``loop`` runs; ``loop.shutdown_asyncgens()`` (``asyncio.run`` and
+        ``asyncio.Runner`` call it before closing the loop) resumes it to close ``fs``."""
+        try:
+            yield
+        finally:
+            self._loop_fs.pop(loop, None)
+            await self._close_fs(fs)
+
+    async def _forget_closed_loops(self) -> None:
+        """Loops closed without ``shutdown_asyncgens()``: their clients are marked closed and freed
+        (aiohttp closes nothing more on a closed loop; the sockets go with their transports)."""
+        for loop, (fs, _) in list(self._loop_fs.items()):
+            if loop.is_closed() and self._loop_fs.pop(loop, None) is not None:
+                await self._close_fs(fs)
+
+    async def _close_fs(self, fs: Any) -> None:
+        try:
+            await self.transport.close(fs)
+        except Exception as exc:  # a client that fails to close is no reason to fail the caller
+            logger.debug("closing the filesystem of a finished event loop: %s", describe_cause(exc))
 
     async def _arun(self, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         return await method(await self._bound_fs(), *args)
@@ -1266,12 +1376,19 @@ class ObjectStore:
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
 
-    async def _restamp(self, fs: Any, relative: str, metadata: ObjectMetadata) -> bool:
-        path = self.full_path(relative)
-        found = await self.transport.read(fs, path)
+    async def _adopt(self, fs: Any, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        """Copy the offload object at ``source`` to ``target`` (the same path: restamp it) with
+        ``metadata``, its body as stored; ``False`` if ``source`` holds no offload object."""
+        found = await self.transport.read(fs, self.full_path(source))
         if found is None:
             return False
-        await self.transport.write(fs, path, found[0], metadata.to_strings())
+        try:
+            mode = ObjectMetadata.from_strings(found[1], self.display_path(source)).mode
+        except CorruptObjectError:
+            return False
+        if mode != "offload":
+            return False
+        await self.transport.write(fs, self.full_path(target), found[0], metadata.to_strings())
         return True
 
     async def _clear_prefix(self, fs: Any, relative_prefix: str) -> int:
@@ -1324,12 +1441,13 @@ class ObjectStore:
     async def adelete(self, relative: str) -> None:
         await self._arun(self._delete, relative)
 
-    def restamp(self, relative: str, metadata: ObjectMetadata) -> bool:
-        """Replace an object's metadata, keeping its body as stored; ``False`` if it is missing."""
-        return self._run(self._restamp, relative, metadata)
+    def adopt(self, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        """Copy the offload object at ``source`` to ``target`` with ``metadata`` (2 requests);
+        ``False``, writing nothing, if ``source`` is missing or not an offload object."""
+        return self._run(self._adopt, source, target, metadata)
 
-    async def arestamp(self, relative: str, metadata: ObjectMetadata) -> bool:
-        return await self._arun(self._restamp, relative, metadata)
+    async def aadopt(self, source: str, target: str, metadata: ObjectMetadata) -> bool:
+        return await self._arun(self._adopt, source, target, metadata)
 
     def clear_prefix(self, relative_prefix: str) -> int:
         """Delete every object under a prefix: listing pages plus one batch delete per page."""
@@ -1356,3 +1474,20 @@ def _decompress(body: Body, path: str) -> Body:
         return decompress(body)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise CorruptObjectError(f"{path}: compressed body is damaged") from exc
+
+
+@contextlib.contextmanager
+def damage_named(where: str) -> Iterator[None]:
+    """A stored body that is not UTF-8 JSON becomes a :class:`CorruptObjectError` naming ``where``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CorruptObjectError(f"{where}: the stored value is not a JSON document ({exc})") from exc
+
+
+def json_text(body: Body, where: str) -> str:
+    """A stored body as the JSON text it holds, verbatim: what ``get`` answers and ``objstore-backend get`` prints."""
+    with damage_named(where):
+        text = body.decode("utf-8")
+        check_json_document(body)
+    return text

@@ -8,18 +8,16 @@ loads the plugin from the installed package's ``airflow.plugins`` entry point.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.airflow_home import AIRFLOW
 from tests.servers import free_port
 
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 PASSWORDS = {"admin": "admin-pw", "viewer": "viewer-pw"}
 
 
@@ -100,10 +98,3 @@ class ApiServer:
         if user is not None:
             headers["Authorization"] = f"Bearer {self.token(user)}"
         return self.client.request(method, path, json=json, headers=headers)
-
-
-def airflow_env(home: Path, **config: str) -> dict[str, str]:
-    """This process's environment without Airflow settings, plus ``config``, Airflow home ``home``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), **config)
-    return env

@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.airflow_home import migrate
 from tests.servers import CountingMotoServer, CountingProxy, create_gcs_bucket, fake_gcs_server
 
 # gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
@@ -24,6 +25,12 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SQLite DB migrated by `airflow db migrate` (which takes a while); copy it to use it."""
+    return migrate(tmp_path_factory.mktemp("airflow-template"))
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,7 @@ from objstore_backend.dags import add_up_summaries, audit_dag, gc_dag
 from objstore_backend.gc import GCOptions, run_gc
 from objstore_backend.layout import object_path
 from objstore_backend.reconcile import AirflowDBReconciler
-from tests import test_airflow_runs
-from tests.test_airflow_runs import AIRFLOW, DAGS, _airflow_env
-
-migrated_db = test_airflow_runs.migrated_db  # the fixture: one migrated SQLite DB, copied for each run
+from tests.airflow_home import AIRFLOW, DAGS, airflow_env
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAGS = REPO / "tests" / "dags"
@@ -64,7 +61,7 @@ def start_dag(migrated_db: Path, home: Path, dag_id: str, *, dags: Path = TEST_D
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "airflow.db").exists():
         shutil.copy(migrated_db, home / "airflow.db")
-    env = {**_airflow_env(home, **config), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    env = {**airflow_env(home, **config), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
     with open(home / "dags-test.log", "w") as log:
         return subprocess.Popen([AIRFLOW, "dags", "test", dag_id], env=env, stdout=log, stderr=subprocess.STDOUT)
 

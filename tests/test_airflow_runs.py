@@ -9,7 +9,6 @@ and checks what landed in the bucket and in Airflow's metadata DB.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -23,15 +22,13 @@ import pytest
 
 from objstore_backend.layout import parse
 from objstore_backend.store import ObjectStore
+from tests.airflow_home import AIRFLOW, RETENTION_DAYS, airflow_env
 
 pytestmark = pytest.mark.airflow
 
-REPO = Path(__file__).resolve().parent.parent
-DAGS = REPO / "examples" / "dags"
 DAG_ID = "objstore_state_demo"
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-RETENTION_DAYS = 3
 BACKEND = "objstore_backend.ObjectStoreBackend"
+OBJSTORE_BACKEND = str(Path(sys.executable).with_name("objstore-backend"))
 EXPECTED_TASK_KEYS = {
     ("submit_job", "-1", "job_id"),
     ("submit_job", "-1", "progress"),
@@ -43,32 +40,12 @@ EXPECTED_TASK_KEYS = {
 }
 
 
-def _airflow_env(home: Path, **config: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__STATE_STORE__DEFAULT_RETENTION_DAYS=str(RETENTION_DAYS),
-        **config,
-    )
-    return env
-
-
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite DB, copied for each run (migrating takes a while)."""
-    home = tmp_path_factory.mktemp("airflow-template")
-    subprocess.run([AIRFLOW, "db", "migrate"], env=_airflow_env(home), check=True, capture_output=True)
-    return home / "airflow.db"
-
-
 def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_db, home / "airflow.db")
     started = datetime.now(timezone.utc)
     result = subprocess.run(
-        [AIRFLOW, "dags", "test", DAG_ID], env=_airflow_env(home, **config), capture_output=True, text=True
+        [AIRFLOW, "dags", "test", DAG_ID], env=airflow_env(home, **config), capture_output=True, text=True
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
@@ -197,7 +174,28 @@ def test_both_modes_at_once_lose_nothing(migrated_db: Path, tmp_path: Path) -> N
     assert orjson.loads(objects[("submit_job", "-1", "job_id")].body).startswith("job-manual__")
     assert orjson.loads(objects[("process", "0", "done")].body) == [1]
     assert objects[("submit_job", "-1", "job_id")].metadata.adopted
-    assert db_rows(home, "task_state_store") == []
+    assert db_rows(home, "task_state_store") == [] and db_rows(home, "asset_state_store") == []
+
+    # The GC, reconciling against this (empty) DB, may reclaim the worker's copy of the asset
+    # watermark; the server's answer must still lead to the value.
+    gc = subprocess.run(
+        [OBJSTORE_BACKEND, "gc", "--path", str(home / "state_store"), "--json", "--offload-grace", "0"]
+        + ["--airflow-db", f"sqlite:///{home / 'airflow.db'}"],
+        capture_output=True,
+        text=True,
+        env=airflow_env(home),
+    )
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert json.loads(gc.stdout.strip().splitlines()[-1])["offload_orphans"] == 1  # asset/name/orders/watermark
+    from airflow.sdk.state import AssetScope
+
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+
+    backend = ObjectStoreBackend(StoreSettings(path=str(home / "state_store")))
+    [asset_id] = [k[1] for k in objects if k[0] == "asset/id"]
+    answered = backend.get(AssetScope(asset_id=int(asset_id)), "watermark")
+    assert backend.deserialize_asset_state_store_from_ref(json.loads(answered)["__airflow_state_ref__"]) == 100
 
 
 def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Path, tmp_path: Path) -> None:
@@ -208,14 +206,14 @@ def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Pa
 
     def gc(*flags: str) -> dict[str, Any]:
         command = [
-            str(Path(sys.executable).with_name("objstore-backend")),
+            OBJSTORE_BACKEND,
             "gc",
             "--path",
             path,
             "--json",
             *flags,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, env=_airflow_env(home))
+        result = subprocess.run(command, capture_output=True, text=True, env=airflow_env(home))
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -230,7 +228,7 @@ def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Pa
             "UPDATE task_state_store SET expires_at = '2000-01-01 00:00:00' "
             "WHERE task_id = 'process' OR key = 'heartbeat'"
         )
-    subprocess.run([AIRFLOW, "state-store", "clean"], env=_airflow_env(home), check=True, capture_output=True)
+    subprocess.run([AIRFLOW, "state-store", "clean"], env=airflow_env(home), check=True, capture_output=True)
     assert {row["task_id"] for row in db_rows(home, "task_state_store")} == {"submit_job"}
     assert len(stored_objects(ObjectStore(path))) == 8
 

@@ -220,6 +220,42 @@ def test_a_wrapped_ref_for_another_key_is_stored_verbatim(backend: ObjectStoreBa
     assert backend.get(TASK, "k") == other
 
 
+def _wrapped(ref: str) -> str:
+    return orjson.dumps({"__airflow_state_ref__": ref}).decode()
+
+
+@pytest.mark.parametrize("worker_scope", [AssetScope(name="orders"), AssetScope(uri="s3://data/orders/")], ids=repr)
+def test_both_modes_the_server_adopts_the_workers_asset_object(backend: ObjectStoreBackend, worker_scope: Any) -> None:
+    """The worker writes under asset/name/ (or uri/), the server's scope is asset/id/: another path."""
+    server_scope = AssetScope(asset_id=7)
+    ref = backend.serialize_asset_state_store_to_ref(value={"watermark": 100}, key="w", scope=worker_scope)
+    backend.set(server_scope, "w", _wrapped(ref))
+    adopted = backend.store.read(object_path(server_scope, "w"))
+    assert adopted.metadata.mode == "offload" and adopted.metadata.adopted
+    # the server's answer no longer depends on the worker's object, which nothing references any more
+    backend.store.delete(object_path(worker_scope, "w"))
+    answered = orjson.loads(backend.get(server_scope, "w"))["__airflow_state_ref__"]
+    assert backend.deserialize_asset_state_store_from_ref(answered) == {"watermark": 100}
+
+
+@pytest.mark.parametrize("scope", [TASK, AssetScope(asset_id=7), AssetScope(name="orders")], ids=repr)
+def test_a_value_that_looks_like_our_reference_round_trips(backend: ObjectStoreBackend, scope: Any) -> None:
+    """Only a reference to an offload object the worker wrote is adopted; anything else is a value."""
+    for key, before in (("new", None), ("existing", '"old"')):
+        if before is not None:
+            backend.set(scope, key, before)
+        lookalike = _wrapped("objstore:" + object_path(scope, key))
+        backend.set(scope, key, lookalike)
+        assert backend.get(scope, key) == lookalike
+        stored = backend.store.read(object_path(scope, key))
+        assert (bytes(stored.body).decode(), stored.metadata.mode) == (lookalike, "primary")
+    # a primary value under asset/name/ is not the worker's object either
+    backend.set(AssetScope(name="orders"), "w", '"primary"')
+    lookalike = _wrapped("objstore:" + object_path(AssetScope(name="orders"), "w"))
+    backend.set(AssetScope(asset_id=7), "w", lookalike)
+    assert backend.get(AssetScope(asset_id=7), "w") == lookalike
+
+
 # -- hostile input ----------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from objstore_backend.codec import (
     encode_json,
     validate_json_text,
 )
-from objstore_backend.config import StoreSettings, embedded_default_path, split_connection_id
+from objstore_backend.config import StoreSettings, split_connection_id
 
 
 def test_encode_json_names_where_a_non_finite_float_hides() -> None:
@@ -101,21 +101,6 @@ def test_compression_round_trip_and_detection() -> None:
 def test_bad_settings_fail_at_construction_naming_the_key(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StoreSettings(**{"path": "memory://x", **settings})
-
-
-def test_settings_from_env_with_flags_winning(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    env = {
-        "AIRFLOW__OBJSTORE_BACKEND__PATH": "s3://airflow-cfg/p",
-        "AIRFLOW__OBJSTORE_BACKEND__COMPRESSION": "gzip",
-        "OBJSTORE_BACKEND_STORAGE_OPTIONS": '{"endpoint_url": "http://x"}',
-        "OBJSTORE_BACKEND_THRESHOLD_BYTES": "10",
-    }
-    settings = StoreSettings.from_env(env)
-    assert settings.path == "s3://airflow-cfg/p" and settings.compression == "gzip"
-    assert settings.storage_options == {"endpoint_url": "http://x"} and settings.threshold_bytes == 10
-    assert StoreSettings.from_env(env, path="gs://flag/p").path == "gs://flag/p"
-    assert StoreSettings.from_env({}).path == embedded_default_path() == str(tmp_path / "state_store")
 
 
 def test_storage_options_never_show_up_in_messages_or_repr() -> None:

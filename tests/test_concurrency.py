@@ -258,3 +258,52 @@ def test_gc_against_live_writers_loses_no_live_key(where: str, request: pytest.F
     print(f"\nGC against live writers ({where}): {dict(totals)}, writes {sum(writes.values())}")
     assert lost == [], lost
     assert totals["errors"] == 0 and totals["deleted"] > 0 and totals["kept"] > 0, totals
+
+
+# -- short-lived event loops --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cloud", ["s3", "gcs"])
+def test_short_lived_event_loops_leave_no_client_behind(
+    cloud: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio.run per call (and loops closed by hand): every per-loop filesystem is closed and freed."""
+    import gc
+    import logging
+    import warnings
+    import weakref
+
+    scheme = {"s3": "s3", "gcs": "gs"}[cloud]
+    bucket, options = request.getfixturevalue(f"{cloud}_bucket"), request.getfixturevalue(f"{cloud}_options")
+    backend = ObjectStoreBackend(StoreSettings(path=f"{scheme}://{bucket}/state", storage_options=options))
+    scope = TaskScope("d", "r", "t")
+    backend.set(scope, "k", '"v"')
+    loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+    filesystems: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def one_call() -> str | None:
+        loops.add(asyncio.get_running_loop())
+        value = await backend.aget(scope, "k")
+        filesystems.add(await backend.store._bound_fs())
+        return value
+
+    def by_hand() -> str | None:  # a loop closed without shutdown_asyncgens()
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(one_call())
+        finally:
+            loop.close()
+
+    runs = {"s3": 12, "gcs": 40}[cloud]  # a new S3 client costs about 0.5 s (botocore's models)
+    caplog.set_level(logging.WARNING)  # asyncio logs aiohttp's unclosed sessions as errors
+    warned: list[str] = []  # the text only: a warning keeps its source object (and its loop) alive
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_, **__: warned.append(str(message))
+        answers = [asyncio.run(one_call()) for _ in range(runs)] + [by_hand() for _ in range(runs // 4)]
+        answers.append(asyncio.run(one_call()))  # forgets the loops closed by hand
+        gc.collect()
+    assert answers == ['"v"'] * (runs + runs // 4 + 1)
+    assert (len(filesystems), len(loops)) == (0, 0)
+    messages = warned + [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "Unclosed client session" in m or "Unclosed connector" in m] == []

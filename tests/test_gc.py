@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.gc import GCOptions, parse_shard, run_gc
 from objstore_backend.layout import object_path
+from objstore_backend.reconcile import AirflowDBReconciler
 from tests.gc_race import gc_racing_a_rewrite
 
 PAST = datetime.now(timezone.utc) - timedelta(minutes=1)
@@ -209,3 +211,62 @@ def test_gc_command_reads_its_settings_from_env(
     assert cli.main(["gc"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^dry_run +True$", out, re.MULTILINE) and out.count("would delete") == 4
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_both_modes_the_reconciling_gc_loses_no_asset_state(
+    where: str, migrated_db: Any, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """Same class on both sides: the worker's objects, the server's (primary) answers, no DB rows."""
+    if where == "local":
+        settings = StoreSettings(path=str(tmp_path / "state"))
+    else:
+        bucket, s3_options = request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_options")
+        settings = StoreSettings(path=f"s3://{bucket}/state", storage_options=s3_options)
+    backend = ObjectStoreBackend(settings)
+    shutil.copy(migrated_db, tmp_path / "airflow.db")  # a real Airflow schema, its state tables empty
+    calls = [  # (worker scope, server scope, key, value): what one task run does on each side
+        (AssetScope(name="orders"), AssetScope(asset_id=1), "watermark", 100),
+        (AssetScope(uri="s3://data/x"), AssetScope(asset_id=2), "cursor", "c-7"),
+        (TaskScope("d", "r", "t"), TaskScope("d", "r", "t"), "job_id", "job-1"),
+    ]
+    for worker_scope, server_scope, key, value in calls:
+        serialize = (
+            "serialize_task_state_store_to_ref"
+            if isinstance(worker_scope, TaskScope)
+            else ("serialize_asset_state_store_to_ref")
+        )
+        ref = getattr(backend, serialize)(value=value, key=key, scope=worker_scope)
+        backend.set(server_scope, key, orjson.dumps({"__airflow_state_ref__": ref}).decode())
+
+    reconciler = AirflowDBReconciler(f"sqlite:///{tmp_path / 'airflow.db'}")
+    report = run_gc(backend.store, GCOptions(reconciler=reconciler, offload_grace=timedelta(0)))
+    assert report.errors == 0
+    # the worker's asset objects, referenced by nothing once adopted, may go; no value does
+    assert report.offload_orphans == 2 and report.never_expire == 3
+    for _, server_scope, key, value in calls:
+        ref = orjson.loads(backend.get(server_scope, key))["__airflow_state_ref__"]
+        assert backend.deserialize_asset_state_store_from_ref(ref) == value
+
+
+@pytest.mark.parametrize("db", ["unreachable", "not-airflow"])
+def test_a_metadata_db_failure_is_counted_and_expired_objects_still_go(
+    db: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "state")
+    backend = ObjectStoreBackend(StoreSettings(path=path))
+    keys = populate(backend)  # 4 expired primary objects, 1 offload object, ...
+    if db == "unreachable":
+        url = f"sqlite:///{tmp_path / 'no-such-dir' / 'airflow.db'}"
+    else:
+        import sqlite3
+
+        sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+        url = f"sqlite:///{tmp_path / 'other.db'}"
+    status = cli.main(["gc", "--path", path, "--json", "--airflow-db", url, "--offload-grace", "0"])
+    summary = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status == 1
+    assert (summary["errors"], summary["offload_unchecked"], summary["offload_orphans"]) == (1, 1, 0)
+    assert "metadata DB" in summary["error_samples"][0]
+    assert summary["deleted"] == len(keys["expired"]) == 4  # primary expiry does not depend on the DB
+    assert backend.store.head(object_path(TaskScope("d", "r", "t"), "offloaded")) is not None

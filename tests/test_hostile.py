@@ -571,3 +571,45 @@ def test_credentials_never_reach_logs_refs_errors_or_command_output(
     # headers: the Authorization header names the access key id, never the secret.)
     assert SECRET not in caplog.text
     assert any("gc:" in message for message in ours)  # our loggers were captured
+
+
+def _exit_status(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exited:  # argparse refuses bad usage by exiting
+        return int(exited.code or 0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://AKIAEXAMPLE7Q:wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY@bucket/state/",  # the issue's shape
+        f"s3://{SECRET_KEY_ID}:{SECRET}@bucket/state/",  # a secret with a "/" in it
+        "gs://AKIAEXAMPLE7Q:wJal@rXUtnFEMIK7MDENG@bucket/p",  # an "@" in the password
+        "s3://AKIAEXAMPLE7Q%3AwJalrXUtnFEMIK7MDENG@bucket/p",  # escaped ":"
+    ],
+    ids=["key:secret", "secret-with-slash", "secret-with-at", "escaped-colon"],
+)
+def test_credentials_in_the_base_url_are_refused_and_never_repeated(
+    url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user part is no connection id: refused at start-up (backend, Airflow config, command),
+    neither part in any message or log, and no connection is looked up under its name."""
+    user, password = url.split("://", 1)[1].rsplit("@", 1)[0].split("%3A" if "%3A" in url else ":", 1)
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    with pytest.raises(ValueError) as failure:
+        ObjectStoreBackend(StoreSettings(path=url))
+    texts.append(_chain(failure.value))
+    monkeypatch.setenv("AIRFLOW__OBJSTORE_BACKEND__PATH", url)  # airflow.cfg, as Airflow constructs it
+    with pytest.raises(ValueError) as failure:
+        ObjectStoreBackend()
+    texts.append(_chain(failure.value))
+    assert _exit_status(["ls"]) == 2  # the command reads the same setting
+    assert _exit_status(["get", "--path", url, "task/d/r/t/-1/k"]) == 2
+    captured = capsys.readouterr()
+    texts += [captured.out, captured.err]
+    everything = "\n".join([*texts, caplog.text])
+    for part in (user, password, *password.split("@")):
+        assert part not in everything
+    assert "credentials" in texts[0]

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from airflow.sdk.state import TaskScope
+from airflow.sdk.state import AssetScope, TaskScope
 
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
@@ -72,3 +72,61 @@ def test_the_gc_removes_temp_files_of_killed_writers_once_an_hour_old(tmp_path: 
     assert report.abandoned_temp_files == 1 and report.errors == 0
     assert sorted(os.listdir(directory)) == ["k", "~gc-stale", "~tmp-fresh"]  # the grave may hold a live value
     assert backend.get(TASK, "k") == "1"
+
+
+def _directories(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
+
+
+def test_directories_go_when_delete_clear_or_the_gc_empties_them(tmp_path: Path) -> None:
+    backend = ObjectStoreBackend(StoreSettings(path=str(tmp_path)))
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    backend.set(TaskScope("d", "r1", "t"), "k", "1")
+    backend.delete(TaskScope("d", "r1", "t"), "k")
+    assert _directories(tmp_path) == []  # down to the base, which stays
+    for index in (-1, 0, 1):
+        backend.set(TaskScope("d", "r2", "t", index), "k", "1")
+    backend.set(TaskScope("d", "r2", "other"), "k", "1")
+    backend.clear(TaskScope("d", "r2", "t"), all_map_indices=True)
+    assert _directories(tmp_path) == ["task", "task/d", "task/d/r2", "task/d/r2/other", "task/d/r2/other/-1"]
+    backend.set(TaskScope("d", "r3", "t", 4), "k", "1", expires_at=past)
+    backend.set(AssetScope(name="a"), "k", "1", expires_at=past)
+    (tmp_path / "task" / "left" / "empty").mkdir(parents=True)  # by a version that left them behind
+    report = run_gc(backend.store)
+    assert report.deleted == 2 and _directories(tmp_path) == _directories(tmp_path) == [
+        "task",
+        "task/d",
+        "task/d/r2",
+        "task/d/r2/other",
+        "task/d/r2/other/-1",
+    ]
+    assert backend.get(TaskScope("d", "r2", "other"), "k") == "1"
+
+
+def test_writers_never_lose_their_directory_to_a_concurrent_delete(tmp_path: Path) -> None:
+    """Threads write, read back and delete keys in the same directories, so that each delete may
+    remove a directory (and its parents) another writer is about to write into."""
+    backend = ObjectStoreBackend(StoreSettings(path=str(tmp_path)))
+    failures: list[BaseException] = []
+    rounds = 0
+
+    def writer(number: int) -> None:
+        """Even writers share one map index's directory and delete; odd ones clear their own."""
+        nonlocal rounds
+        scope, key = TaskScope("d", "r", "t", -1 if number % 2 == 0 else number), f"k{number}"
+        try:
+            for i in range(300):
+                backend.set(scope, key, str(i))
+                assert backend.get(scope, key) == str(i)
+                backend.delete(scope, key) if number % 2 == 0 else backend.clear(scope)
+                rounds += 1
+        except BaseException as exc:  # reported below, with the others
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and rounds == 8 * 300
+    assert _directories(tmp_path) == []

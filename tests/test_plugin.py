@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ import pytest
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.layout import scope_prefix
-from tests.airflow_api import AIRFLOW, ApiServer, auth_settings
-from tests.test_airflow_runs import BACKEND, DAG_ID, _airflow_env, run_demo
+from tests.airflow_api import ApiServer, auth_settings
+from tests.airflow_home import airflow_env
+from tests.test_airflow_runs import BACKEND, DAG_ID, run_demo
 
 pytestmark = pytest.mark.airflow
 
@@ -78,13 +78,6 @@ class Deployment:
             )  # noqa: S608
 
 
-@pytest.fixture(scope="module")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    template = tmp_path_factory.mktemp("plugin-template")
-    subprocess.run([AIRFLOW, "db", "migrate"], env=_airflow_env(template), check=True, capture_output=True)
-    return template / "airflow.db"
-
-
 @contextmanager
 def _deployed(
     tmp_path: Path, migrated_db: Path, moto_server: Any, s3_client: Any, bucket: str, mode_setting: str
@@ -104,7 +97,7 @@ def _deployed(
         **auth_settings(tmp_path),
     }
     run_demo(migrated_db, tmp_path, **config)
-    server = ApiServer(tmp_path, _airflow_env(tmp_path, **config)).wait_ready()
+    server = ApiServer(tmp_path, airflow_env(tmp_path, **config)).wait_ready()
     try:
         [run] = server.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", "admin").json()["dag_runs"]
         [asset] = [a for a in server.call("GET", "/api/v2/assets", "admin").json()["assets"] if a["name"] == "orders"]
@@ -116,24 +109,22 @@ def _deployed(
 
 @pytest.fixture(scope="module")
 def deployment(
-    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path, moto_server: Any, s3_client: Any
+    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path, moto_server: Any, s3_client: Any
 ) -> Iterator[Deployment]:
     """Primary mode: ``[state_store] backend``."""
     home = tmp_path_factory.mktemp("plugin-primary")
-    with _deployed(
-        home, migrated_template, moto_server, s3_client, "plugin-primary", "AIRFLOW__STATE_STORE__BACKEND"
-    ) as d:
+    with _deployed(home, migrated_db, moto_server, s3_client, "plugin-primary", "AIRFLOW__STATE_STORE__BACKEND") as d:
         yield d
 
 
 @pytest.fixture(scope="module")
 def offload_deployment(
-    tmp_path_factory: pytest.TempPathFactory, migrated_template: Path, moto_server: Any, s3_client: Any
+    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path, moto_server: Any, s3_client: Any
 ) -> Iterator[Deployment]:
     """Offload mode: ``[workers] state_store_backend``."""
     home = tmp_path_factory.mktemp("plugin-offload")
     setting = "AIRFLOW__WORKERS__STATE_STORE_BACKEND"
-    with _deployed(home, migrated_template, moto_server, s3_client, "plugin-offload", setting) as d:
+    with _deployed(home, migrated_db, moto_server, s3_client, "plugin-offload", setting) as d:
         yield d
 
 
