@@ -18,7 +18,7 @@ import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
@@ -94,12 +94,13 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         """What a ``set`` writes: (path, body, metadata), or the ref to adopt."""
         body = validate_json_text(value)
         path = object_path(scope, key)
+        now = datetime.now(timezone.utc)
         if body.startswith(_WRAPPED_REF_START) and self._own_ref(body) == path:
             # Both modes configured: the worker already wrote the value at this very path and
             # hands the server its reference. Writing the reference over it would lose the
             # value; adopt the object instead, with the expiry Airflow gives.
-            return path, None, ObjectMetadata("offload", expires_at, adopted=True)
-        return path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at)
+            return path, None, ObjectMetadata("offload", expires_at, adopted=True, updated_at=now)
+        return path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at, updated_at=now)
 
     @staticmethod
     def _own_ref(body: bytes) -> str | None:
@@ -206,7 +207,11 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if len(body) < self.settings.threshold_bytes:
             return INLINE_REF_PREFIX + body.decode("utf-8")
         path = object_path(scope, key)
-        self.store.write(path, compress(body, self.settings.compression), ObjectMetadata("offload"))
+        self.store.write(
+            path,
+            compress(body, self.settings.compression),
+            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc)),
+        )
         return OBJECT_REF_PREFIX + path
 
     def _from_ref(self, stored: str) -> Any:

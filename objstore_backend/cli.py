@@ -180,6 +180,65 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("FAIL_ON", "error"),
         help="exit 1 when a finding is at this level or above (default error)",
     )
+
+    importer = _subcommand(
+        commands,
+        "import",
+        cmd_import,
+        summary="copy a deployment's live state from Airflow's metadata DB into the store",
+        description=(
+            "Before switching to primary mode ([state_store] backend): copy every live row of\n"
+            "task_state_store and asset_state_store into the store, each with its exact expiry. Plain\n"
+            "values, this package's offload references and common.io's references are resolved; the\n"
+            "value is written, never the reference. Reads the DB only. Run it again at any time: it\n"
+            "writes only what changed, and never overwrites a newer object (see README)."
+        ),
+        examples=[
+            "import --airflow-db postgresql://reader@db/airflow --path s3://bucket/airflow/state/ --dry-run",
+            "import --airflow-db sqlite:////opt/airflow/airflow.db --commonio-path s3://bucket/task-state/",
+        ],
+        exit_status="exit status: 0 every live row is in the store, 1 some row could not be imported "
+        "(each named on stderr), 2 bad usage",
+    )
+    _sweep_options(
+        importer,
+        json_help="print the summary as one JSON object on the last line",
+        concurrency_help="objects in flight",
+    )
+    importer.add_argument(
+        "--airflow-db",
+        metavar="URL",
+        default=_env("AIRFLOW_DB") or None,
+        required=not _env("AIRFLOW_DB"),
+        help="SQLAlchemy URL of Airflow's metadata DB (read only)",
+    )
+    importer.add_argument("--dry-run", action="store_true", help="write nothing; count what would be written")
+    importer.add_argument(
+        "--commonio-path",
+        metavar="URL",
+        help="the common.io backend's base path (default: [common.io] state_store_objectstorage_path "
+        "from the env var or airflow.cfg)",
+    )
+    importer.add_argument(
+        "--commonio-storage-options", metavar="JSON", help="fsspec storage options to read common.io's objects"
+    )
+
+    exporter = _subcommand(
+        commands,
+        "export",
+        cmd_export,
+        summary="write the store's live keys back into Airflow's metadata DB (needs Airflow)",
+        description=(
+            "To leave primary mode: write every live primary-mode key back into Airflow's metadata DB\n"
+            "through Airflow's own MetastoreBackend, with its exact expiry. Run it where Airflow and its\n"
+            "DB settings are. Reads the store only; rows newer than the object are kept."
+        ),
+        examples=["export --path s3://bucket/airflow/state/ --dry-run"],
+        exit_status="exit status: 0 every live key is in the DB, 1 some key could not go back "
+        "(each named on stderr), 2 bad usage",
+    )
+    exporter.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    exporter.add_argument("--dry-run", action="store_true", help="write nothing; count what would be written")
     return parser
 
 
@@ -318,6 +377,87 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         _print_audit(report)
     return EXIT_FAILED if report.fails(args.fail_on) or report.inventory.errors else EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rows = [(name, value) for name, value in summary.items() if not isinstance(value, list)]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+
+
+def _with_progress(args: argparse.Namespace, desc: str, total: int | None, run: Any) -> Any:
+    """``run(progress, on_problem)`` under a progress bar on a terminal; problems go to stderr."""
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        with tqdm(desc=desc, total=total, unit=" keys", file=sys.stderr) as bar:
+            return run(bar.update, lambda note: bar.write(f"objstore-backend: {note}", file=sys.stderr))
+    return run(None, lambda note: print(f"objstore-backend: {note}", file=sys.stderr))
+
+
+def _json_option(raw: str | None, flag: str) -> dict[str, Any]:
+    try:
+        options = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return options
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from objstore_backend.commonio import CommonIOSource, commonio_path_from_airflow
+    from objstore_backend.migrate import ImportOptions, run_import
+    from objstore_backend.state_rows import AirflowStateDB
+
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    commonio_options = _json_option(args.commonio_storage_options, "--commonio-storage-options")
+    settings = StoreSettings.from_env(path=args.path, storage_options=args.storage_options)
+    store = ObjectStore(*settings.resolve())
+    commonio_path = args.commonio_path or commonio_path_from_airflow()
+    options = ImportOptions(
+        dry_run=args.dry_run,
+        concurrency=args.concurrency,
+        compression=settings.compression,
+        commonio=CommonIOSource(commonio_path, commonio_options) if commonio_path else None,
+    )
+    db = AirflowStateDB(args.airflow_db)
+    try:
+        report = _with_progress(
+            args,
+            f"import into {store.url}",
+            db.count(),
+            lambda progress, on_problem: run_import(store, db, options, progress=progress, on_problem=on_problem),
+        )
+    finally:
+        db.close()
+    summary = report.as_dict()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        _print_summary(summary)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from objstore_backend.export import run_export
+    except ImportError as exc:
+        raise ValueError(f"export writes through Airflow's own backend and needs Airflow installed: {exc}") from exc
+    store = open_store(args)
+    report = _with_progress(
+        args,
+        f"export from {store.url}",
+        None,
+        lambda progress, on_problem: run_export(store, dry_run=args.dry_run, progress=progress, on_problem=on_problem),
+    )
+    summary = report.as_dict()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        _print_summary(summary)
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
