@@ -219,8 +219,13 @@ class _Importer:
 
 
 async def _run(
-    db: AirflowStateDB, importer: _Importer, progress: Callable[[int], None] | None, on_problem: Callable[[str], None]
+    fs: Any,
+    db: AirflowStateDB,
+    importer: _Importer,
+    progress: Callable[[int], None] | None,
+    on_problem: Callable[[str], None],
 ) -> None:
+    """On the store's own I/O loop (``fs`` is its filesystem), like the GC: one client session."""
     semaphore = asyncio.Semaphore(importer.options.concurrency)
 
     async def bounded(row: StateRow) -> tuple[str, str | None]:
@@ -251,7 +256,7 @@ def run_import(
     report = ImportReport(dry_run=options.dry_run)
     started = time.monotonic()
     try:
-        asyncio.run(_run(db, _Importer(store, options, report), progress, on_problem))
+        store._run(_run, db, _Importer(store, options, report), progress, on_problem)
     except SQLAlchemyError as exc:
         note = f"reading {db.display_url} failed after {report.rows} rows: {str(exc).splitlines()[0]}"
         report.errors += 1
