@@ -4,7 +4,7 @@ Its worker hooks store ``{"__airflow_state_ref__": REF}`` where REF is either th
 the object it wrote (``s3://conn@bucket/base/dag/run/task/-1/key``, ``.gz`` or another fsspec
 suffix when ``state_store_objectstorage_compression`` is set) or, under its threshold, the
 JSON text itself. Its settings live in ``[common.io] state_store_objectstorage_*``: taken
-from flags, else ``AIRFLOW__COMMON.IO__STATE_STORE_OBJECTSTORAGE_PATH``, else airflow.cfg.
+from flags, else ``AIRFLOW__COMMON_IO__STATE_STORE_OBJECTSTORAGE_PATH``, else airflow.cfg.
 Only paths under that base are read: a reference elsewhere (another bucket, another prefix)
 is refused and named, never followed.
 """
@@ -32,7 +32,7 @@ _FAMILIES = {"s3a": "s3", "gcs": "gs", "local": "file"}
 def commonio_path_from_airflow(environ: dict[str, str] | None = None) -> str | None:
     """``[common.io] state_store_objectstorage_path`` from the env var, else ``$AIRFLOW_HOME/airflow.cfg``."""
     environ = dict(os.environ) if environ is None else environ
-    from_env = environ.get(f"AIRFLOW__{SECTION.upper()}__{PATH_KEY.upper()}")
+    from_env = environ.get(f"AIRFLOW__{SECTION.replace('.', '_').upper()}__{PATH_KEY.upper()}")  # as Airflow names it
     if from_env:
         return from_env
     home = environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow")

@@ -5,7 +5,8 @@ through Airflow's own ``MetastoreBackend.set``, so the rows are exactly what Air
 (the task row's ``dag_run_id``, the exact ``expires_at``). Only primary-mode keys (and
 adopted ones) go back: offload objects are the targets of references the DB still holds.
 A row already in the DB with the same value and expiry is left alone (a second run writes
-nothing); one updated after the object was written (``updated_at``) is newer and kept. A key
+nothing); one updated after the object's value was set (``updated_at``) is newer and kept;
+a row as old as the object (the row it was imported from, maybe a reference) gets the value. A key
 whose DAG run or asset is gone from the DB has no row to go to (foreign keys): counted as
 ``no_owner`` and named. The store is only read.
 """
@@ -135,8 +136,9 @@ class _Exporter:
             row_expires = getattr(row, "expires_at", None)
             if row.value == value and row_expires == expires_at:
                 return "unchanged", None
+            # Same time: the object was imported from this very row (whose reference it resolved).
             written = meta.updated_at or listed.modified
-            if written is None or row.updated_at >= written:
+            if written is None or row.updated_at > written:
                 return "skipped_newer", f"{path}: the DB row (updated {row.updated_at.isoformat()}) is newer"
         if not dry_run:
             self.backend.set(scope, location.key, value, expires_at=expires_at, session=self.session)
