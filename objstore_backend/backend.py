@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
@@ -68,7 +68,7 @@ def settings_from_airflow() -> StoreSettings:
 
 def _adopted(expires_at: datetime | None) -> ObjectMetadata:
     """An object the server adopted from the worker: Airflow's expiry, and the GC's to collect."""
-    return ObjectMetadata("offload", expires_at, adopted=True)
+    return ObjectMetadata("offload", expires_at, adopted=True, updated_at=datetime.now(timezone.utc))
 
 
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
@@ -132,7 +132,8 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
         if source is None or not self.store.adopt(source, path, _adopted(expires_at)):
-            self.store.write(path, compress(body, self.settings.compression), ObjectMetadata("primary", expires_at))
+            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
+            self.store.write(path, compress(body, self.settings.compression), metadata)
 
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
@@ -154,7 +155,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
         if source is None or not await self.store.aadopt(source, path, _adopted(expires_at)):
-            metadata = ObjectMetadata("primary", expires_at)
+            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
             await self.store.awrite(path, compress(body, self.settings.compression), metadata)
 
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
@@ -193,7 +194,11 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if len(body) < self.settings.threshold_bytes:
             return INLINE_REF_PREFIX + body.decode("utf-8")
         path = object_path(scope, key)
-        self.store.write(path, compress(body, self.settings.compression), ObjectMetadata("offload"))
+        self.store.write(
+            path,
+            compress(body, self.settings.compression),
+            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc)),
+        )
         return OBJECT_REF_PREFIX + path
 
     def _from_ref(self, stored: str) -> Any:

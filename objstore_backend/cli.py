@@ -20,11 +20,12 @@ import orjson
 
 from objstore_backend import __version__
 from objstore_backend.audit import LEVELS, AuditReport, run_audit
+from objstore_backend.codec import COMPRESSIONS
 from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreSettings, parse_storage_options
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
 from objstore_backend.layout import parse
-from objstore_backend.reconcile import AirflowDBReconciler
+from objstore_backend.reconcile import AirflowDBReconciler, create_db_engine
 from objstore_backend.store import ObjectStore, json_text
 
 __all__ = ["build_parser", "main"]
@@ -116,6 +117,12 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 def _store_path(text: str) -> str:
     """The base URL, checked as the backend checks it (scheme, connection id, no credentials)."""
     return StoreSettings(path=text).path if text else ""
+
+
+def _database_url(text: str) -> str:
+    """A SQLAlchemy URL whose dialect and driver are installed (checked without connecting)."""
+    create_db_engine(text)
+    return text
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, *, env: str, help: str) -> None:
@@ -298,6 +305,76 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_default("FAIL_ON", "error"),
         help="exit 1 when a finding is at this level or above (default error)",
     )
+
+    importer = _subcommand(
+        commands,
+        "import",
+        cmd_import,
+        summary="copy a deployment's live state from Airflow's metadata DB into the store",
+        description=(
+            "Before switching to primary mode ([state_store] backend): copy every live row of\n"
+            "task_state_store and asset_state_store into the store, each with its exact expiry. Plain\n"
+            "values, this package's offload references and common.io's references are resolved; the\n"
+            "value is written, never the reference. Reads the DB only. Run it again at any time: it\n"
+            "writes only what changed, and never overwrites a newer object (see README)."
+        ),
+        examples=[
+            "import --airflow-db postgresql://reader@db/airflow --path s3://bucket/airflow/state/ --dry-run",
+            "import --airflow-db sqlite:////opt/airflow/airflow.db --commonio-path s3://bucket/task-state/",
+        ],
+        exit_status="exit status: 0 every live row is in the store, 1 some row could not be imported "
+        "(each named on stderr), 2 bad usage",
+    )
+    _sweep_options(
+        importer,
+        json_help="print the summary as one JSON object on the last line",
+        concurrency_help="objects in flight",
+    )
+    importer.add_argument(
+        "--airflow-db",
+        metavar="URL",
+        type=_option_type(_database_url),
+        default=_env_default("AIRFLOW_DB", None),
+        required=_env_default("AIRFLOW_DB", None) is None,
+        help="SQLAlchemy URL of Airflow's metadata DB, read only (default: $OBJSTORE_BACKEND_AIRFLOW_DB)",
+    )
+    importer.add_argument(
+        "--compression",
+        type=_option_type(_one_of(*COMPRESSIONS)),
+        default=_env_default("COMPRESSION", "none"),
+        help="compress the values written, as the backend's [objstore_backend] compression (default none)",
+    )
+    _flag(importer, "--dry-run", env="DRY_RUN", help="write nothing; count what would be written")
+    importer.add_argument(
+        "--commonio-path",
+        metavar="URL",
+        help="the common.io backend's base path (default: [common.io] state_store_objectstorage_path "
+        "from the env var or airflow.cfg)",
+    )
+    importer.add_argument(
+        "--commonio-storage-options",
+        metavar="JSON",
+        type=_option_type(parse_storage_options),
+        default={},
+        help="fsspec storage options to read common.io's objects",
+    )
+
+    exporter = _subcommand(
+        commands,
+        "export",
+        cmd_export,
+        summary="write the store's live keys back into Airflow's metadata DB (needs Airflow)",
+        description=(
+            "To leave primary mode: write every live primary-mode key back into Airflow's metadata DB\n"
+            "through Airflow's own MetastoreBackend, with its exact expiry. Run it where Airflow and its\n"
+            "DB settings are. Reads the store only; rows newer than the object are kept."
+        ),
+        examples=["export --path s3://bucket/airflow/state/ --dry-run"],
+        exit_status="exit status: 0 every live key is in the DB, 1 some key could not go back "
+        "(each named on stderr), 2 bad usage",
+    )
+    _flag(exporter, "--json", env="JSON", help="print the summary as one JSON object on the last line")
+    _flag(exporter, "--dry-run", env="DRY_RUN", help="write nothing; count what would be written")
     return parser
 
 
@@ -422,6 +499,73 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         _print_audit(report)
     return EXIT_FAILED if report.fails(args.fail_on) or report.inventory.errors else EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rows = [(name, value) for name, value in summary.items() if not isinstance(value, list)]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+
+
+def _with_progress(args: argparse.Namespace, desc: str, total: int | None, run: Any) -> Any:
+    """``run(progress, on_problem)`` under a progress bar on a terminal; problems go to stderr."""
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        with tqdm(desc=desc, total=total, unit=" keys", file=sys.stderr) as bar:
+            return run(bar.update, lambda note: bar.write(f"objstore-backend: {note}", file=sys.stderr))
+    return run(None, lambda note: print(f"objstore-backend: {note}", file=sys.stderr))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from objstore_backend.commonio import CommonIOSource, commonio_path_from_airflow
+    from objstore_backend.migrate import ImportOptions, run_import
+    from objstore_backend.state_rows import AirflowStateDB
+
+    store = open_store(args)
+    commonio_path = args.commonio_path or commonio_path_from_airflow()
+    options = ImportOptions(
+        dry_run=args.dry_run,
+        concurrency=args.concurrency,
+        compression=args.compression,
+        commonio=CommonIOSource(commonio_path, args.commonio_storage_options) if commonio_path else None,
+    )
+    db = AirflowStateDB(args.airflow_db)
+    try:
+        report = _with_progress(
+            args,
+            f"import into {store.url}",
+            db.count(),
+            lambda progress, on_problem: run_import(store, db, options, progress=progress, on_problem=on_problem),
+        )
+    finally:
+        db.close()
+    summary = report.as_dict()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        _print_summary(summary)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from objstore_backend.export import run_export
+    except ImportError as exc:
+        raise ValueError(f"export writes through Airflow's own backend and needs Airflow installed: {exc}") from exc
+    store = open_store(args)
+    report = _with_progress(
+        args,
+        f"export from {store.url}",
+        None,
+        lambda progress, on_problem: run_export(store, dry_run=args.dry_run, progress=progress, on_problem=on_problem),
+    )
+    summary = report.as_dict()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        _print_summary(summary)
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

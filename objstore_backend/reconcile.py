@@ -19,10 +19,29 @@ from typing import Any
 from objstore_backend.errors import MetadataDBError
 from objstore_backend.layout import Location, ScopeKind, is_hashed
 
-__all__ = ["AirflowDBReconciler"]
+__all__ = ["AirflowDBReconciler", "create_db_engine"]
 
 _REF_KEY = "__airflow_state_ref__"
 _REF_PREFIX = "objstore:"
+
+
+def create_db_engine(url: str) -> Any:
+    """A SQLAlchemy engine for ``url``, its dialect and driver loaded; no connection yet.
+
+    Errors never repeat the URL: it may hold a password.
+    """
+    try:
+        import sqlalchemy
+    except ImportError as exc:
+        raise ValueError("reading Airflow's metadata DB needs sqlalchemy: install objstore-backend[reconcile]") from exc
+    try:
+        return sqlalchemy.create_engine(url)
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ValueError("the URL names a database SQLAlchemy does not know") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError("not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)") from None
+    except ImportError as exc:
+        raise ValueError(f"the database driver is not installed (no module {exc.name!r})") from None
 
 
 def _refs(values: list[str]) -> set[str]:
@@ -46,20 +65,9 @@ class AirflowDBReconciler:
     def __init__(self, url: str, *, cached_runs: int = 256) -> None:
         """Check ``url`` and load its driver (no connection yet). Errors never repeat the URL:
         it may hold a password."""
-        try:
-            import sqlalchemy
-        except ImportError as exc:
-            raise ValueError(
-                "reconciling offload objects needs sqlalchemy: install objstore-backend[reconcile]"
-            ) from exc
-        try:
-            self._engine = sqlalchemy.create_engine(url)
-        except sqlalchemy.exc.NoSuchModuleError:
-            raise ValueError("the URL names a database SQLAlchemy does not know") from None
-        except sqlalchemy.exc.ArgumentError:
-            raise ValueError("not a SQLAlchemy URL (dialect+driver://user:password@host:port/database)") from None
-        except ImportError as exc:
-            raise ValueError(f"the database driver is not installed (no module {exc.name!r})") from None
+        self._engine = create_db_engine(url)
+        import sqlalchemy
+
         self._sql = sqlalchemy
         self._runs: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
         self._cached_runs = cached_runs

@@ -74,6 +74,9 @@ META_ADOPTED = "objstoreadopted"
 META_PAD = "objstorepad"
 #: Local disk only: a nonce per write, the version the GC compares (see :meth:`LocalTransport._version`).
 META_WRITE = "objstorewrite"
+#: When the value was last set (by Airflow, or in the DB row it was imported from): which of
+#: two copies of a key is newer. Absent on objects written before it existed.
+META_UPDATED = "objstoreupdated"
 
 #: Filesystems without per-object metadata (local disk, memory) keep it in a header line
 #: before the body, in the same file, so body and metadata are still written at once.
@@ -90,6 +93,7 @@ class ObjectMetadata:
     mode: Mode
     expires_at: datetime | None = None
     adopted: bool = False
+    updated_at: datetime | None = None  # None: written by a version that did not record it
 
     def to_strings(self) -> dict[str, str]:
         meta = {META_LAYOUT: str(LAYOUT_VERSION), META_MODE: self.mode}
@@ -97,6 +101,8 @@ class ObjectMetadata:
             meta[META_EXPIRES] = format_time(self.expires_at)
         if self.adopted:
             meta[META_ADOPTED] = "1"
+        if self.updated_at is not None:
+            meta[META_UPDATED] = format_time(self.updated_at)
         return meta
 
     @classmethod
@@ -105,12 +111,19 @@ class ObjectMetadata:
         meta = {k.lower(): v for k, v in meta.items()}
         if meta.get(META_LAYOUT) != str(LAYOUT_VERSION) or meta.get(META_MODE) not in ("primary", "offload"):
             raise CorruptObjectError(f"{path}: not a state object of this package (metadata {meta!r})")
-        expires = meta.get(META_EXPIRES)
-        try:
-            expires_at = parse_time(expires) if expires else None
-        except ValueError as exc:
-            raise CorruptObjectError(f"{path}: unreadable expiry {expires!r}") from exc
-        return cls(meta[META_MODE], expires_at, meta.get(META_ADOPTED) == "1")  # type: ignore[arg-type]
+        times = {}
+        for name, what in ((META_EXPIRES, "expiry"), (META_UPDATED, "update time")):
+            text = meta.get(name)
+            try:
+                times[name] = parse_time(text) if text else None
+            except ValueError as exc:
+                raise CorruptObjectError(f"{path}: unreadable {what} {text!r}") from exc
+        return cls(
+            meta[META_MODE],  # type: ignore[arg-type]
+            times[META_EXPIRES],
+            meta.get(META_ADOPTED) == "1",
+            times[META_UPDATED],
+        )
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(timezone.utc))
@@ -343,8 +356,14 @@ class Transport(ABC):
         """Body and metadata in one request, or ``None`` if there is no such object."""
 
     @abstractmethod
-    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
-        """Body and metadata in one request; readers see the old or the new object, whole."""
+    async def write(
+        self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
+    ) -> None:
+        """Body and metadata in one request; readers see the old or the new object, whole.
+
+        ``create_only``: write only if there is no object at ``path`` yet, in the same request
+        (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``); else raise ``FileExistsError``.
+        """
 
     @abstractmethod
     async def delete(self, fs: Any, path: str) -> None:
@@ -571,9 +590,12 @@ class S3Transport(Transport):
         pad = bytes(secrets.choice(_JSON_WHITESPACE) for _ in range(16))
         return body + pad, {**metadata, META_PAD: str(len(pad))}
 
-    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
+    async def write(
+        self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
+    ) -> None:
         bucket, key = self._split(fs, path)
         body, metadata = self._with_nonce(body, metadata)
+        condition = {"IfNoneMatch": "*"} if create_only else {}
 
         async def put() -> None:
             try:
@@ -585,9 +607,14 @@ class S3Transport(Transport):
                     Body=body,
                     Metadata=metadata,
                     ContentType="application/json",
+                    **condition,
                 )
             except FileNotFoundError as exc:
                 self._reraise(exc, bucket)
+            except OSError as exc:
+                if create_only and _client_error_code(exc) == "PreconditionFailed":
+                    raise FileExistsError(f"{self.display(path)} exists") from exc
+                raise
 
         await self.attempt("writing", path, put)
 
@@ -754,7 +781,9 @@ class GCSTransport(Transport):
 
         return await self.attempt("reading the metadata of", path, get_resource)
 
-    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
+    async def write(
+        self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
+    ) -> None:
         fixed: dict[str, Any] = {}
         if META_EXPIRES in metadata:  # lets a daysSinceCustomTime=0 lifecycle rule expire it
             fixed["custom_time"] = metadata[META_EXPIRES]
@@ -762,7 +791,12 @@ class GCSTransport(Transport):
         async def upload() -> None:
             try:
                 await fs._pipe_file(
-                    path, body, content_type="application/json", metadata=metadata, fixed_key_metadata=fixed or None
+                    path,
+                    body,
+                    content_type="application/json",
+                    metadata=metadata,
+                    fixed_key_metadata=fixed or None,
+                    mode="create" if create_only else "overwrite",  # create: ifGenerationMatch=0, 412 -> exists
                 )
             except FileNotFoundError as exc:  # an upload only 404s when the bucket is missing
                 raise BucketNotFoundError(f"bucket {fs.split_path(path)[0]!r} does not exist") from exc
@@ -928,7 +962,9 @@ class EnvelopeTransport(Transport):
             start += b"\n"  # a header longer than the limit is unreadable: unpack says so
         return self.unpack(start, self.display(path))[1]
 
-    def _write(self, fs: Any, path: str, data: bytes) -> None:
+    def _write(self, fs: Any, path: str, data: bytes, create_only: bool = False) -> None:
+        if create_only and fs.exists(path):  # memory filesystem: one process, no race to guard
+            raise FileExistsError(f"{self.display(path)} exists")
         fs.pipe_file(path, data)
 
     def _delete(self, fs: Any, path: str) -> None:
@@ -952,9 +988,11 @@ class EnvelopeTransport(Transport):
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
         return await self.attempt("reading the metadata of", path, lambda: asyncio.to_thread(self._head, fs, path))
 
-    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
+    async def write(
+        self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
+    ) -> None:
         data = self.pack(body, metadata)
-        await self.attempt("writing", path, lambda: asyncio.to_thread(self._write, fs, path, data))
+        await self.attempt("writing", path, lambda: asyncio.to_thread(self._write, fs, path, data, create_only))
 
     async def delete(self, fs: Any, path: str) -> None:
         await self.attempt("deleting", path, lambda: asyncio.to_thread(self._delete, fs, path))
@@ -1023,14 +1061,18 @@ class LocalTransport(EnvelopeTransport):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self, fs: Any, path: str, data: bytes) -> None:
+    def _write(self, fs: Any, path: str, data: bytes, create_only: bool = False) -> None:
         directory = os.path.dirname(path)
         temp, handle = self._create_temp(directory)
         try:
             with handle:
                 handle.write(data)
             with _directory_lock(directory, exclusive=False):
-                os.replace(temp, path)
+                if create_only:
+                    os.link(temp, path)  # atomic: FileExistsError if the key exists
+                    os.unlink(temp)
+                else:
+                    os.replace(temp, path)
         except BaseException:
             with _suppress_os_error():
                 os.unlink(temp)
@@ -1055,9 +1097,11 @@ class LocalTransport(EnvelopeTransport):
             self._prune(directory)
         return failures
 
-    async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
+    async def write(
+        self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
+    ) -> None:
         # A nonce per write, in the header: the version the GC's conditional delete compares.
-        await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)})
+        await super().write(fs, path, body, {**metadata, META_WRITE: secrets.token_hex(8)}, create_only=create_only)
 
     @staticmethod
     def _unlink(path: str) -> None:
@@ -1370,8 +1414,10 @@ class ObjectStore:
         found = await self.transport.head(fs, self.full_path(relative))
         return None if found is None else ObjectMetadata.from_strings(found, self.display_path(relative))
 
-    async def _write(self, fs: Any, relative: str, body: bytes, metadata: ObjectMetadata) -> None:
-        await self.transport.write(fs, self.full_path(relative), body, metadata.to_strings())
+    async def _write(
+        self, fs: Any, relative: str, body: bytes, metadata: ObjectMetadata, create_only: bool = False
+    ) -> None:
+        await self.transport.write(fs, self.full_path(relative), body, metadata.to_strings(), create_only=create_only)
 
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
@@ -1427,12 +1473,16 @@ class ObjectStore:
     async def ahead(self, relative: str) -> ObjectMetadata | None:
         return await self._arun(self._head, relative)
 
-    def write(self, relative: str, body: bytes, metadata: ObjectMetadata) -> None:
-        """Write body and metadata in one request."""
-        self._run(self._write, relative, body, metadata)
+    def write(self, relative: str, body: bytes, metadata: ObjectMetadata, *, create_only: bool = False) -> None:
+        """Write body and metadata in one request.
 
-    async def awrite(self, relative: str, body: bytes, metadata: ObjectMetadata) -> None:
-        await self._arun(self._write, relative, body, metadata)
+        ``create_only``: only if no object is there yet, decided by the store in the same
+        request; ``FileExistsError`` otherwise (nothing is written).
+        """
+        self._run(self._write, relative, body, metadata, create_only)
+
+    async def awrite(self, relative: str, body: bytes, metadata: ObjectMetadata, *, create_only: bool = False) -> None:
+        await self._arun(self._write, relative, body, metadata, create_only)
 
     def delete(self, relative: str) -> None:
         """Delete one object in one request; missing is fine."""

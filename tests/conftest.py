@@ -155,3 +155,13 @@ def make_backend(store_location: tuple[str, dict[str, Any]]) -> Callable[..., An
 @pytest.fixture
 def backend(make_backend: Callable[..., Any]) -> Any:
     return make_backend()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server (Debian's), in a temporary directory, for the whole session."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,229 @@
+"""``import`` row by row, on an Airflow-migrated SQLite DB: each kind of value, expiry, idempotence,
+newer objects, bad rows and bad DBs. The rows are inserted by hand here so every odd case can be
+made; tests/test_switch.py has the rows written by Airflow itself, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from airflow.sdk.state import AssetScope, TaskScope
+
+from objstore_backend import cli
+from objstore_backend.backend import ObjectStoreBackend
+from objstore_backend.config import StoreSettings
+from objstore_backend.layout import object_path
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+LATER = NOW + timedelta(days=2)
+RUN = TaskScope("etl", "manual__1", "load", -1)
+
+
+def _db_time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ")
+
+
+class StateDB:
+    """An Airflow 3.3 SQLite metadata DB whose state rows a test writes by hand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+
+    def task(self, key: str, value: str, *, expires_at: datetime | None = None, scope: TaskScope = RUN,
+             updated_at: datetime = NOW) -> None:  # fmt: skip
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "INSERT INTO task_state_store (dag_run_id, task_id, map_index, key, dag_id, run_id, value, "
+                "updated_at, expires_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dag_run_id, task_id, "
+                "map_index, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (scope.task_id, scope.map_index, key, scope.dag_id, scope.run_id, value, _db_time(updated_at),
+                 _db_time(expires_at)),
+            )  # fmt: skip
+
+    def asset(self, asset_id: int, key: str, value: str) -> None:
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "INSERT INTO asset_state_store (asset_id, key, value, updated_at) VALUES (?, ?, ?, ?)",
+                (asset_id, key, value, _db_time(NOW)),
+            )
+
+    def digest(self) -> str:
+        """Of the DB's content (the file itself changes when SQLite checkpoints its journal)."""
+        with sqlite3.connect(self.path) as db:
+            return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+
+
+@pytest.fixture
+def state_db(migrated_db: Path, tmp_path: Path) -> StateDB:  # noqa: F811
+    path = tmp_path / "airflow.db"
+    path.write_bytes(migrated_db.read_bytes())
+    return StateDB(path)
+
+
+@pytest.fixture
+def ours(tmp_path: Path) -> ObjectStoreBackend:
+    """The store import writes into, as the backend (offload hooks, server-side calls) sees it."""
+    return ObjectStoreBackend(StoreSettings(path=str(tmp_path / "state"), threshold_bytes=8))
+
+
+def run_import(
+    capsys: pytest.CaptureFixture[str], backend: ObjectStoreBackend, db: StateDB, *flags: str
+) -> tuple[int, dict[str, Any], str]:
+    status = cli.main(["import", "--path", backend.store.url, "--airflow-db", db.url, "--json", *flags])
+    out, err = capsys.readouterr()
+    return status, json.loads(out.strip().splitlines()[-1]), err
+
+
+def _wrapped(ref: str) -> str:
+    return json.dumps({"__airflow_state_ref__": ref})
+
+
+def test_every_kind_of_row_becomes_its_value_with_its_exact_expiry(
+    state_db: StateDB, ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commonio = tmp_path / "commonio"
+    (commonio / "etl" / "manual__1" / "load" / "-1").mkdir(parents=True)
+    (commonio / "etl" / "manual__1" / "load" / "-1" / "rows.gz").write_bytes(gzip.compress(b'{"rows": [1, 2]}'))
+    offload_ref = ours.serialize_task_state_store_to_ref(value={"big": "x" * 20}, key="offloaded", scope=RUN)
+    inline_ref = ours.serialize_task_state_store_to_ref(value=7, key="small", scope=RUN)
+    asset_ref = ours.serialize_asset_state_store_to_ref(value=41, key="offsets", scope=AssetScope(name="orders"))
+    assert offload_ref.startswith("objstore:") and inline_ref == "inline:7"
+
+    state_db.task("plain", '{"job": "j-1"}', expires_at=LATER)
+    state_db.task("forever", '"kept"')
+    state_db.task("expired", "1", expires_at=NOW - timedelta(seconds=1))
+    state_db.task("offloaded", _wrapped(offload_ref), expires_at=LATER)
+    state_db.task("small", _wrapped(inline_ref))
+    state_db.task("rows", _wrapped(f"file://{commonio}/etl/manual__1/load/-1/rows.gz"), expires_at=LATER)
+    state_db.task("tiny", _wrapped("[3]"))  # common.io under its threshold: the JSON text itself
+    state_db.asset(5, "watermark", "100")
+    state_db.asset(6, "offsets", _wrapped(asset_ref))
+    before = state_db.digest()
+
+    status, summary, err = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
+    assert status == 0, err
+    counted = ("rows", "imported", "skipped_expired", "skipped_newer", "unresolved", "errors")
+    assert [summary[name] for name in counted] == [9, 8, 1, 0, 0, 0]
+    assert state_db.digest() == before  # the DB is only read
+
+    def stored(scope: Any, key: str) -> tuple[Any, datetime | None, str]:
+        found = ours.store.read(object_path(scope, key))
+        assert found is not None, key
+        return orjson.loads(found.body), found.metadata.expires_at, found.metadata.mode
+
+    assert stored(RUN, "plain") == ({"job": "j-1"}, LATER, "primary")
+    assert stored(RUN, "forever") == ("kept", None, "primary")
+    assert stored(RUN, "offloaded") == ({"big": "x" * 20}, LATER, "primary")
+    assert stored(RUN, "small") == (7, None, "primary")
+    assert stored(RUN, "rows") == ({"rows": [1, 2]}, LATER, "primary")
+    assert stored(RUN, "tiny") == ([3], None, "primary")
+    assert stored(AssetScope(asset_id=5), "watermark") == (100, None, "primary")
+    assert stored(AssetScope(asset_id=6), "offsets") == (41, None, "primary")
+    assert ours.store.read(object_path(RUN, "expired")) is None
+    # the server-side get (what the API server calls in primary mode) answers the values
+    assert ours.get(RUN, "offloaded") == '{"big":"' + "x" * 20 + '"}'
+    assert ours.store.read(object_path(RUN, "plain")).metadata.updated_at == NOW  # type: ignore[union-attr]
+
+    again_status, again, _ = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
+    assert again_status == 0 and (again["imported"], again["unchanged"], again["bytes"]) == (0, 8, 0)
+
+
+def test_a_newer_object_is_kept_and_an_older_import_is_brought_up_to_date(
+    state_db: StateDB, ours: ObjectStoreBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_db.task("cursor", "1")
+    state_db.task("progress", "10")
+    assert run_import(capsys, ours, state_db)[1]["imported"] == 2
+    # after the switch the API server writes one key; Airflow's DB (still written by a worker
+    # before the restart) moves the other on
+    ours.set(RUN, "cursor", "2")
+    state_db.task("progress", "20", updated_at=NOW + timedelta(seconds=30))
+
+    dry_status, dry, _ = run_import(capsys, ours, state_db, "--dry-run")
+    assert dry_status == 0 and (dry["imported"], dry["skipped_newer"], dry["dry_run"]) == (1, 1, True)
+    assert ours.get(RUN, "progress") == "10"  # a dry run writes nothing
+
+    status, summary, err = run_import(capsys, ours, state_db)
+    assert status == 0 and (summary["imported"], summary["skipped_newer"]) == (1, 1)
+    assert ours.get(RUN, "cursor") == "2" and ours.get(RUN, "progress") == "20"
+    assert "task etl/manual__1/load/-1/cursor" in summary["kept_newer"][0] and "cursor" in err
+
+
+def test_bad_rows_are_named_and_every_other_row_imported(
+    state_db: StateDB, ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commonio = tmp_path / "commonio"
+    commonio.mkdir()
+    state_db.task("good", "1")
+    state_db.task("not_json", "{oops")
+    state_db.task("nan", '{"x": NaN}')
+    state_db.task("missing", _wrapped("objstore:task/etl/manual__1/load/-1/missing"))
+    state_db.task("outside", _wrapped(f"file://{tmp_path}/elsewhere/etl/k"))
+    state_db.task("other_bucket", _wrapped("s3://someone-else/etl/manual__1/load/-1/k"))
+    state_db.task("commonio_missing", _wrapped(f"file://{commonio}/etl/manual__1/load/-1/gone.gz"))
+
+    status, summary, err = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
+    assert status == 1
+    assert (summary["imported"], summary["unresolved"], summary["errors"]) == (1, 2, 4)
+    named = "\n".join(summary["problems"])
+    for key in ("not_json", "nan", "missing", "outside", "other_bucket", "commonio_missing"):
+        assert f"task etl/manual__1/load/-1/{key}:" in named and f"/{key}:" in err
+    assert "outside its configured base" in named and "is missing" in named
+    assert ours.get(RUN, "good") == "1"
+
+    # without common.io's settings its references are errors that say what is missing
+    status, summary, _ = run_import(capsys, ours, state_db)
+    assert status == 1 and any("--commonio-path" in note for note in summary["problems"])
+
+
+def test_a_db_that_is_not_airflows_fails_clearly_before_anything_is_written(
+    ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE task_state_store (id INTEGER)").connection.close()
+    assert cli.main(["import", "--path", ours.store.url, "--airflow-db", f"sqlite:///{other}"]) == 2
+    assert "not an Airflow 3.3 metadata DB" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["import", "--path", ours.store.url, "--airflow-db", "nosuchdb://x"])
+    assert usage.value.code == 2
+    assert "--airflow-db" in (err := capsys.readouterr().err) and "SQLAlchemy does not know" in err
+    unreachable = "postgresql://reader:s3cret@127.0.0.1:9/airflow"
+    assert cli.main(["import", "--path", ours.store.url, "--airflow-db", unreachable]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read Airflow's metadata DB at postgresql://reader:***@127.0.0.1:9/airflow" in err
+    assert "s3cret" not in err
+    assert list(ours.store.iter_objects()) == []
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["import", "--path", ours.store.url])  # no DB named
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["import", "--path", ours.store.url, "--airflow-db", f"sqlite:///{other}", "--concurrency", "0"])
+    assert usage.value.code == 2 and "--concurrency" in capsys.readouterr().err
+
+
+def test_import_writes_one_request_per_live_row_on_s3(
+    state_db: StateDB, s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index in range(25):
+        state_db.task(f"k{index}", str(index), expires_at=LATER)
+    backend = ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/state", storage_options=s3_options))
+    moto_server.log.clear()
+    status = cli.main(["import", "--path", f"s3://{s3_bucket}/state", "--storage-options", json.dumps(s3_options),
+                       "--airflow-db", state_db.url, "--json"])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    assert moto_server.log.by_kind() == {"PUT": 25}  # create-only PUTs, nothing read first
+    moto_server.log.clear()
+    cli.main(["import", "--path", f"s3://{s3_bucket}/state", "--storage-options", json.dumps(s3_options),
+              "--airflow-db", state_db.url, "--json"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["unchanged"] == 25
+    assert moto_server.log.by_kind() == {"PUT": 25, "GET": 25}  # refused create-only PUTs, then a read each
+    assert backend.get(RUN, "k24") == "24"
