@@ -328,9 +328,9 @@ class AzureTransport(Transport):
             for path, etag in items
         ]
 
-        def send() -> list[int]:
+        def send() -> list[tuple[int, str | None]]:
             answers = client.delete_blobs(*blobs, raise_on_any_failure=False, **self._request_options(fs))
-            return [int(answer.status_code) for answer in answers]
+            return [(int(answer.status_code), answer.headers.get("x-ms-error-code")) for answer in answers]
 
         statuses = await self.attempt(
             f"deleting {len(items)} blobs in", container, lambda: _call(container, asyncio.to_thread(send))
@@ -341,8 +341,8 @@ class AzureTransport(Transport):
             ]
         reasons = {404: GONE, 409: CHANGED, 412: CHANGED}
         return [
-            (path, reasons.get(status, f"the batch answered HTTP {status} for it"))
-            for (path, _), status in zip(items, statuses, strict=True)
+            (path, reasons.get(status) or f"{code or 'error'} (HTTP {status})")
+            for (path, _), (status, code) in zip(items, statuses, strict=True)
             if status not in (200, 202)
         ]
 

@@ -123,6 +123,8 @@ def gcs_bucket(gcs_proxy: CountingProxy) -> str:
 @pytest.fixture(scope="session")
 def azure_proxy() -> Iterator[CountingProxy]:
     """Azurite's Blob service on a free port, behind a proxy that counts requests and can inject faults."""
+    import objstore_backend.transports_azure  # noqa: F401 - quiets the SDK's request log, as in production
+
     server, url = azurite()
     proxy = CountingProxy(url, dialect="azure").start()
     proxy.upstream_url = url  # type: ignore[attr-defined]
