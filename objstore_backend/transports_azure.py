@@ -88,9 +88,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _translate(exc: BaseException, container: str) -> BaseException:
     """The SDK's error as this module raises it; others pass unchanged."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    from azure.core.exceptions import ClientAuthenticationError, DecodeError, HttpResponseError
 
-    if not isinstance(exc, HttpResponseError):
+    if not isinstance(exc, HttpResponseError) or isinstance(exc, DecodeError):  # DecodeError: an answer cut short
         return exc
     status = exc.status_code
     raw_code = getattr(exc, "error_code", None)  # set by the storage SDK on the errors it raises
@@ -136,7 +136,12 @@ class AzureTransport(Transport):
     def retriable(self, exc: BaseException) -> bool:
         """Throttling, 5xx, timeouts and dropped connections; not a body the downloader already retried."""
         import aiohttp
-        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            IncompleteReadError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         if isinstance(exc, AzureServiceError):
             return exc.status in _RETRY_STATUSES
@@ -147,6 +152,7 @@ class AzureTransport(Transport):
             (
                 ServiceRequestError,  # no connection, or reset before the request went out
                 ServiceResponseError,  # reset or timed out waiting for the answer
+                IncompleteReadError,  # an answer cut short (a read's body: see _downloader_retried)
                 TimeoutError,
                 asyncio.TimeoutError,
                 ConnectionError,
