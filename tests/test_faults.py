@@ -2,8 +2,8 @@
 
 A fault-injecting proxy (``tests.servers.CountingProxy``) sits between s3fs and moto, between
 gcsfs and fake-gcs-server, and between the Azure SDK and Azurite. It answers chosen requests with
-503 SlowDown (ServerBusy), 500, 429, a reset connection (before or after the server handled the request), a stall longer than the client's
-read timeout, or a truncated answer. Under a fault that passes, every operation and the GC
+503 SlowDown (ServerBusy), 500, 429, a reset connection (before or after the server handled the
+request), a stall longer than the client's read timeout, or a truncated answer. Under a fault that passes, every operation and the GC
 succeed; under one that lasts, they fail with a :class:`StoreError` naming the key and the
 cause, after the attempts the :class:`RetryPolicy` allows, and no more.
 
