@@ -3,9 +3,10 @@
 A fault-injecting proxy (``tests.servers.CountingProxy``) sits between s3fs and moto, between
 gcsfs and fake-gcs-server, and between the Azure SDK and Azurite. It answers chosen requests with
 503 SlowDown (ServerBusy), 500, 429, a reset connection (before or after the server handled the
-request), a stall longer than the client's read timeout, or a truncated answer. Under a fault that passes, every operation and the GC
-succeed; under one that lasts, they fail with a :class:`StoreError` naming the key and the
-cause, after the attempts the :class:`RetryPolicy` allows, and no more.
+request), a stall longer than the client's read timeout, or a truncated answer. Under a fault
+that passes, every operation and the GC succeed; under one that lasts, they fail with a
+:class:`StoreError` naming the key and the cause, after the attempts the :class:`RetryPolicy`
+allows, and no more.
 
 The seeded run at the end drives thousands of operations through a 10% fault rate and checks,
 against a model of what each acknowledged (or failed) write may have left, that no value is lost
