@@ -225,7 +225,7 @@ def main() -> None:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     output = [
         f"## Benchmarks: objstore-backend beside common.io {version('apache-airflow-providers-common-io')} "
-        "and raw s3fs / gcsfs\n",
+        "and raw s3fs / gcsfs / adlfs\n",
         f"`{shlex.join(['python', 'benchmarks/compare.py', *sys.argv[1:]])}`",
         f"\nMachine: {machine_line()}.",
         f"\n{code_line()}",
