@@ -53,11 +53,14 @@ _CONTAINER_NAME = re.compile(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*|\$root|\$logs|
 
 _T = TypeVar("_T")
 
-# The SDK logs every request and answer at INFO, which Airflow's task logs show: two dozen lines
-# per state call. Quiet unless the application gave that logger a level of its own.
-_SDK_HTTP_LOG = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
-if _SDK_HTTP_LOG.level == logging.NOTSET:
-    _SDK_HTTP_LOG.setLevel(logging.WARNING)
+
+def _sdk_request_log_options() -> dict[str, Any]:
+    """The SDK logs every request and answer at INFO, which Airflow's task logs show (two dozen
+    lines per state call): at DEBUG instead, per request, where the SDK lets a caller choose
+    (azure-core's ``http_logging_level``, 2026 releases); its logger's level is the application's."""
+    from azure.core.pipeline.policies import HttpLoggingPolicy
+
+    return {"http_logging_level": logging.DEBUG} if hasattr(HttpLoggingPolicy(), "http_logging_level") else {}
 
 
 class AzureServiceError(OSError):
@@ -175,10 +178,15 @@ class AzureTransport(Transport):
             return DOWNLOADER_BODY_TRIES
         return 1
 
-    @staticmethod
-    def _request_options(fs: Any) -> dict[str, Any]:
-        """Per-request settings: the SDK's retries off (the policy retries), adlfs's timeouts."""
-        return {"retry_total": 0, **getattr(fs, "_timeout_kwargs", {})}
+    _sdk_log_options: dict[str, Any] | None = None
+
+    @classmethod
+    def _request_options(cls, fs: Any) -> dict[str, Any]:
+        """Per-request settings: the SDK's retries off (the policy retries), its request log at DEBUG,
+        adlfs's timeouts."""
+        if cls._sdk_log_options is None:
+            cls._sdk_log_options = _sdk_request_log_options()
+        return {"retry_total": 0, **cls._sdk_log_options, **getattr(fs, "_timeout_kwargs", {})}
 
     @staticmethod
     def _split(fs: Any, path: str) -> tuple[str, str]:

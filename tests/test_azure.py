@@ -264,3 +264,31 @@ def test_requests_by_kind_never_include_a_head_on_the_hot_path(
         assert azure_backend.get(TaskScope("d", "r", "t", index), "k") == str(index)
     azure_backend.clear(TaskScope("d", "r", "t"), all_map_indices=True)
     assert Counter(kinds(proxy)) == Counter({"PUT": 10, "GET": 10, "LIST": 1, "BATCH": 1})
+
+
+def test_reads_never_go_through_a_listing_cache(
+    azure_container: str, azure_options: dict[str, Any], proxy: CountingProxy
+) -> None:
+    """adlfs caches listings (ls, exists, info go stale across processes); two stores stand for two processes."""
+    url = f"abfs://{azure_container}/state"
+    reader = ObjectStoreBackend(StoreSettings(path=url, storage_options=azure_options))
+    writer = ObjectStoreBackend(StoreSettings(path=url, storage_options=azure_options))
+    assert list(reader.store.iter_objects()) == []  # a listing first: adlfs would now answer from its cache
+    writer.set(TASK, "k", '"written elsewhere"')
+    assert reader.get(TASK, "k") == '"written elsewhere"'
+    writer.delete(TASK, "k")
+    assert reader.get(TASK, "k") is None
+    assert [o.path for o in reader.store.iter_objects()] == []
+
+
+def test_the_sdk_logs_its_requests_at_debug_not_into_task_logs(
+    azure_backend: ObjectStoreBackend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's task logs show INFO: the SDK's two dozen lines per request would drown them."""
+    sdk = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    monkeypatch.setattr(sdk, "level", logging.NOTSET)  # as in production: the conftest quiets it for reports
+    caplog.set_level(logging.DEBUG)
+    azure_backend.set(TASK, "k", "1")
+    azure_backend.clear(TASK)
+    from_sdk = [r for r in caplog.records if r.name == sdk.name]
+    assert from_sdk and {r.levelno for r in from_sdk} == {logging.DEBUG}
