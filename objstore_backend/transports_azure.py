@@ -123,6 +123,19 @@ async def _call(container: str, request: Awaitable[_T]) -> _T:
         raise translated from exc
 
 
+async def _close_when_the_loop_ends(fs: Any, tied: dict[int, Any]) -> AsyncIterator[None]:
+    """Suspended once started; asyncio closes it as its loop shuts down (``asyncio.run`` does, through
+    ``shutdown_asyncgens``), while the loop still runs: then the client and credential close."""
+    from adlfs.utils import close_credential, close_service_client
+
+    try:
+        yield
+    finally:
+        tied.pop(id(fs), None)
+        await close_service_client(fs)
+        await close_credential(fs)
+
+
 def _quoted(etag: str | None) -> str | None:
     """ETags come quoted from uploads and downloads, bare from listings: one form for conditions."""
     return None if etag is None else f'"{etag.strip(chr(34))}"'
@@ -135,6 +148,28 @@ class AzureTransport(Transport):
         super().__init__(*args, **kwargs)
         #: adlfs instance -> the SDK's synchronous service client, for blob batches (see module docstring)
         self._sync_services: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: id of an adlfs instance bound to a caller's loop -> what closes its client with that loop (by
+        #: id: fsspec instances with the same options compare equal, whatever their loop)
+        self._closers: dict[int, AsyncIterator[None]] = {}
+
+    async def _tie_to_its_loop(self, fs: Any) -> None:
+        """Close the client of an adlfs instance made for a caller's loop (async calls) with that loop.
+
+        adlfs closes its client at exit through the instance's loop, which by then is closed (each
+        ``asyncio.run`` ends its loop): "Loop is not running" and "Unclosed client session" at every
+        exit, and the instance kept alive until then. Its exit hooks are dropped and the client is
+        closed as the loop shuts down instead (once per instance). The instance on fsspec's own loop
+        (sync calls) keeps adlfs's hooks: that loop runs until exit.
+        """
+        if not getattr(fs, "asynchronous", False) or id(fs) in self._closers:
+            return
+        for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+            found = finalizer.peek()
+            if found is not None and found[0] is fs:
+                finalizer.detach()
+        closer = _close_when_the_loop_ends(fs, self._closers)
+        await anext(closer)
+        self._closers[id(fs)] = closer
 
     def retriable(self, exc: BaseException) -> bool:
         """Throttling, 5xx, timeouts and dropped connections; not a body the downloader already retried."""
@@ -203,6 +238,7 @@ class AzureTransport(Transport):
         return container, fs.service_client.get_blob_client(container, blob)
 
     async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
+        await self._tie_to_its_loop(fs)
         container, client = self._blob(fs, path)
 
         async def download() -> tuple[bytes, dict[str, str]] | None:
@@ -216,6 +252,7 @@ class AzureTransport(Transport):
         return await self.attempt("reading", path, download)
 
     async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
+        await self._tie_to_its_loop(fs)
         from azure.storage.blob import ContentSettings
 
         container, client = self._blob(fs, path)
@@ -236,6 +273,7 @@ class AzureTransport(Transport):
         await self.attempt("writing", path, upload)
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
+        await self._tie_to_its_loop(fs)
         container, client = self._blob(fs, path)
 
         async def properties() -> dict[str, str] | None:
@@ -249,6 +287,7 @@ class AzureTransport(Transport):
 
     async def _delete_blob(self, fs: Any, path: str, etag: str | None = None) -> None:
         """One Delete Blob, conditional on ``etag`` when given; a missing blob is fine unless conditional."""
+        await self._tie_to_its_loop(fs)
         from azure.core import MatchConditions
 
         container, client = self._blob(fs, path)
@@ -267,6 +306,7 @@ class AzureTransport(Transport):
         await self._delete_blob(fs, path)
 
     async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
+        await self._tie_to_its_loop(fs)
         container, key_prefix = self._split(fs, prefix)
         client = fs.service_client.get_container_client(container)
         token: str | None = None

@@ -14,6 +14,8 @@ import asyncio
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -292,3 +294,24 @@ def test_the_sdk_logs_its_requests_at_debug_not_into_task_logs(
     azure_backend.clear(TASK)
     from_sdk = [r for r in caplog.records if r.name == sdk.name]
     assert from_sdk and {r.levelno for r in from_sdk} == {logging.DEBUG}
+
+
+def test_async_calls_close_their_clients_with_their_loop(azure_container: str, azure_options: dict[str, Any]) -> None:
+    """Each ``asyncio.run`` gets an adlfs instance of its own; its client closes with the loop, not at
+    exit through a loop long gone ("Loop is not running", "Unclosed client session")."""
+    script = f"""
+import asyncio
+from airflow.sdk.state import TaskScope
+from objstore_backend.backend import ObjectStoreBackend
+from objstore_backend.config import StoreSettings
+backend = ObjectStoreBackend(StoreSettings(path="abfs://{azure_container}/state", storage_options={azure_options!r}))
+scope = TaskScope("d", "r", "t")
+backend.set(scope, "k", "1")
+assert asyncio.run(backend.aget(scope, "k")) == "1"
+asyncio.run(backend.aclear(scope))
+assert asyncio.run(backend.aget(scope, "k")) is None
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in ("Loop is not running", "Unclosed client session", "Unclosed connector", "Traceback"):
+        assert noise not in result.stdout + result.stderr, result.stderr[-3000:]
