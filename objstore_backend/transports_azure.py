@@ -35,11 +35,11 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from objstore_backend.errors import BucketNotFoundError
+from objstore_backend.store import _AZURE_PROTOCOLS as AZURE_PROTOCOLS
 from objstore_backend.store import CHANGED, GONE, Body, ListedObject, Transport, _bounded
 
 __all__ = ["AZURE_DELETE_BATCH", "AZURE_PROTOCOLS", "AzureServiceError", "AzureTransport"]
 
-AZURE_PROTOCOLS = ("abfs", "abfss", "az")
 #: A blob batch takes at most 256 sub-requests (257 is a 400 for the whole batch).
 AZURE_DELETE_BATCH = 256
 #: Blobs per listing page: the service's maximum.
@@ -57,7 +57,7 @@ _T = TypeVar("_T")
 def _sdk_request_log_options() -> dict[str, Any]:
     """The SDK logs every request and answer at INFO, which Airflow's task logs show (two dozen
     lines per state call): at DEBUG instead, per request, where the SDK lets a caller choose
-    (azure-core's ``http_logging_level``, 2026 releases); its logger's level is the application's."""
+    (``http_logging_level``, in recent azure-core releases); its logger's level is the application's."""
     from azure.core.pipeline.policies import HttpLoggingPolicy
 
     return {"http_logging_level": logging.DEBUG} if hasattr(HttpLoggingPolicy(), "http_logging_level") else {}
@@ -77,11 +77,11 @@ class AzureServiceError(OSError):
         self.response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
 
-class _BlobMissing(AzureServiceError, FileNotFoundError):
-    """404 for a blob (its container exists)."""
+class _BlobMissing(AzureServiceError):
+    """404 for a blob (its container exists). Handled where it is expected; elsewhere an error naming the blob."""
 
 
-class _BlobChanged(AzureServiceError, FileExistsError):
+class _BlobChanged(AzureServiceError):
     """412 (an ETag condition failed) or 409 (a conflicting lease or create): the blob is not as checked."""
 
 
@@ -252,9 +252,9 @@ class AzureTransport(Transport):
         return await self.attempt("reading", path, download)
 
     async def write(self, fs: Any, path: str, body: Body, metadata: dict[str, str]) -> None:
-        await self._tie_to_its_loop(fs)
         from azure.storage.blob import ContentSettings
 
+        await self._tie_to_its_loop(fs)
         container, client = self._blob(fs, path)
         data = body if isinstance(body, bytes) else bytes(body)
 
@@ -285,25 +285,30 @@ class AzureTransport(Transport):
 
         return await self.attempt("reading the metadata of", path, properties)
 
-    async def _delete_blob(self, fs: Any, path: str, etag: str | None = None) -> None:
-        """One Delete Blob, conditional on ``etag`` when given; a missing blob is fine unless conditional."""
-        await self._tie_to_its_loop(fs)
+    async def _delete_blob(self, fs: Any, path: str, etag: str | None = None) -> str | None:
+        """One Delete Blob, conditional on ``etag`` when given: ``None`` once deleted, else why not
+        (:data:`GONE`, or :data:`CHANGED` when the blob is no longer the version ``etag`` names)."""
         from azure.core import MatchConditions
 
+        await self._tie_to_its_loop(fs)
         container, client = self._blob(fs, path)
         condition = {"etag": _quoted(etag), "match_condition": MatchConditions.IfNotModified} if etag else {}
 
-        async def delete_blob() -> None:
+        async def delete_blob() -> str | None:
             try:
                 await _call(container, client.delete_blob(**condition, **self._request_options(fs)))
             except _BlobMissing:
+                return GONE
+            except _BlobChanged:
                 if etag:
-                    raise
+                    return CHANGED
+                raise  # a lease on the blob: an error, never a silent no-op
+            return None
 
-        await self.attempt("deleting", path, delete_blob)
+        return await self.attempt("deleting", path, delete_blob)
 
     async def delete(self, fs: Any, path: str) -> None:
-        await self._delete_blob(fs, path)
+        await self._delete_blob(fs, path)  # missing is fine
 
     async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
         await self._tie_to_its_loop(fs)
@@ -414,9 +419,4 @@ class AzureTransport(Transport):
                 failures += [(path, str(result)) for path, _ in chunk] if isinstance(result, Exception) else result
             return failures
         results = await _bounded(concurrency, [self._delete_blob(fs, path, etag) for path, etag in items])
-        reasons: dict[type[BaseException], str] = {_BlobMissing: GONE, _BlobChanged: CHANGED}
-        return [
-            (path, reasons.get(type(result), str(result)))
-            for (path, _), result in zip(items, results, strict=True)
-            if isinstance(result, Exception)
-        ]
+        return [(path, str(result)) for (path, _), result in zip(items, results, strict=True) if result is not None]

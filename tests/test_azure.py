@@ -315,3 +315,25 @@ assert asyncio.run(backend.aget(scope, "k")) is None
     assert result.returncode == 0, result.stderr[-3000:]
     for noise in ("Loop is not running", "Unclosed client session", "Unclosed connector", "Traceback"):
         assert noise not in result.stdout + result.stderr, result.stderr[-3000:]
+
+
+def test_a_leased_blob_fails_writes_and_deletes_naming_it(
+    azure_backend: ObjectStoreBackend, proxy: CountingProxy
+) -> None:
+    """409 means "changed since checked" only for the GC's conditional deletes; elsewhere it is an error."""
+    azure_backend.set(TASK, "k", "1")
+    body = (
+        b"<?xml version='1.0' encoding='utf-8'?><Error><Code>LeaseIdMissing</Code><Message>There is currently "
+        b"a lease on the blob and no lease ID was specified in the request.</Message></Error>"
+    )
+    leased = (409, {"Content-Type": "application/xml", "x-ms-error-code": "LeaseIdMissing"}, body)
+    proxy.answer = lambda request: leased if request.method in ("PUT", "DELETE") else None
+    where = azure_backend.store.display_path(object_path(TASK, "k"))
+    for operation, action in (
+        (lambda: azure_backend.set(TASK, "k", "2"), "writing"),
+        (lambda: azure_backend.delete(TASK, "k"), "deleting"),
+    ):
+        with pytest.raises(StoreError, match=re.escape(f"{action} {where} failed: LeaseIdMissing (HTTP 409)")):
+            operation()
+    proxy.answer = None
+    assert azure_backend.get(TASK, "k") == "1"
