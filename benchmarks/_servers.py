@@ -60,6 +60,20 @@ def gcs_server() -> Iterator[str]:
         server.wait(timeout=10)
 
 
+@contextmanager
+def azure_server() -> Iterator[str]:
+    """Azurite's Blob service behind the counting proxy (Azure dialect): the proxy's URL."""
+    from tests.servers import azurite
+
+    server, upstream = azurite()
+    try:
+        with _counting_server("proxy", upstream, "azure") as url:
+            yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def counts(url: str) -> dict[str, int]:
     """Requests by kind that reached the server at ``url`` since the last call (it resets its log)."""
     with urllib.request.urlopen(f"{url}/_counts?reset=1") as response:

@@ -1,13 +1,14 @@
 """objstore-backend side by side with the alternatives, measured the same way in one run.
 
-Starts one request-counting moto S3 server in its own process and, for ``--sections gcs``,
-fake-gcs-server behind a request-counting proxy in its own process (``benchmarks/_servers.py``),
+Starts one request-counting moto S3 server in its own process and, for ``--sections gcs`` and
+``azure``, fake-gcs-server and Azurite behind request-counting proxies in processes of their own
+(``benchmarks/_servers.py``),
 then compares on the same servers (``benchmarks/_contenders.py``):
 
 * **ours**: ``objstore_backend.ObjectStoreBackend``;
 * **common.io**: ``StateStoreObjectStorageBackend`` of apache-airflow-providers-common-io,
   configured with ``[common.io] state_store_objectstorage_path`` and an Airflow connection;
-* **raw s3fs / gcsfs**: plain ``pipe_file`` / ``cat_file`` / ``rm_file`` / ``rm(recursive)``,
+* **raw s3fs / gcsfs / adlfs**: plain ``pipe_file`` / ``cat_file`` / ``rm_file`` / ``rm(recursive)``,
   the floor (no Airflow, no metadata, no validation).
 
 Sections (``--sections``, default all of them, in this order):
@@ -25,6 +26,8 @@ Sections (``--sections``, default all of them, in this order):
             functions of ``benchmarks/gc_scan.py`` (the full version);
 ``gcs``     ops and clear against fake-gcs-server, for ours and raw gcsfs (the common.io
             backend reaches gs:// only through apache-airflow-providers-google);
+``azure``   ops, clear and the GC scan rate against Azurite behind a counting proxy, for
+            ours and raw adlfs;
 ``import``  import time in fresh processes, median of ``--import-runs``.
 
 The sections other than ``large`` live in ``benchmarks/_sections.py``. Prints markdown tables
@@ -53,10 +56,10 @@ from pathlib import Path
 
 from _contenders import S3_BUCKETS, Contender, RawFS, ours, s3_contender, why_no_common_io_on_gcs
 from _large_values import large_tables
-from _sections import clear_table, gc_table, import_table, ops_table
-from _servers import REPO, counts, gcs_server, moto_server, s3_client
+from _sections import azure_gc_table, clear_table, gc_table, import_table, ops_table
+from _servers import REPO, azure_server, counts, gcs_server, moto_server, s3_client
 
-SECTIONS = ("ops", "clear", "large", "gc", "gcs", "import")
+SECTIONS = ("ops", "clear", "large", "gc", "gcs", "azure", "import")
 #: Where each S3 contender keeps the clear section's task, under its bucket.
 CLEARED_PREFIX = {"ours": "state/task/bench/clear/", "common.io": "state/bench/clear/", "raw s3fs": "raw/bench/clear/"}
 
@@ -97,6 +100,8 @@ def machine_line() -> str:
         "moto",
         "s3fs",
         "gcsfs",
+        "adlfs",
+        "azure-storage-blob",
         "orjson",
     )
     return (
@@ -163,6 +168,30 @@ def gcs_sections(args: argparse.Namespace, url: str) -> list[str]:
     return rows
 
 
+def azure_sections(args: argparse.Namespace, url: str) -> list[str]:
+    """Ops, clear and GC scan on Azurite (behind the counting proxy at ``url``): ours and raw adlfs."""
+    import adlfs
+
+    from tests.servers import azurite_connection_string, create_azure_container
+
+    for container in ("bench-ours", "bench-raw", "bench-gc"):
+        create_azure_container(url, container)
+    options = {"connection_string": azurite_connection_string(url)}
+    fs = adlfs.AzureBlobFileSystem(**options, skip_instance_cache=True, use_listings_cache=False)
+    contenders: list[Contender] = [ours("abfs://bench-ours/state/", options), RawFS("raw adlfs", fs, "bench-raw/raw")]
+    missing, count = {"common.io": "not run on Azure by this script"}, partial(counts, url)
+
+    def remaining(contender: Contender) -> int:
+        prefix = "bench-ours/state/task/bench/clear/" if contender.name == "ours" else "bench-raw/raw/bench/clear/"
+        return len(fs.find(prefix))
+
+    store = "Azure, Azurite"
+    rows = ops_table(store, contenders, args.ops, count, missing)
+    rows += clear_table(store, contenders, args.map_indices, count, remaining, args.clear_repeats, missing)
+    rows += azure_gc_table(url, options, args.gc_objects)
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
@@ -196,12 +225,13 @@ def main() -> None:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     output = [
         f"## Benchmarks: objstore-backend beside common.io {version('apache-airflow-providers-common-io')} "
-        "and raw s3fs / gcsfs\n",
+        "and raw s3fs / gcsfs / adlfs\n",
         f"`{shlex.join(['python', 'benchmarks/compare.py', *sys.argv[1:]])}`",
         f"\nMachine: {machine_line()}.",
         f"\n{code_line()}",
         "\nServers: one moto S3 server (counting requests) in its own process; fake-gcs-server "
-        "(memory backend) behind a counting proxy in its own process. Everything runs on this "
+        "(memory backend) and Azurite (in memory) behind counting proxies in processes of their own. "
+        "Everything runs on this "
         "machine, so times are dominated by the servers' own speed: compare the ratios.\n",
     ]
     try:
@@ -210,6 +240,8 @@ def main() -> None:
                 output += s3_sections(args, servers.enter_context(moto_server()), workdir)
             if "gcs" in args.sections:
                 output += gcs_sections(args, servers.enter_context(gcs_server()))
+            if "azure" in args.sections:
+                output += azure_sections(args, servers.enter_context(azure_server()))
             if "import" in args.sections:
                 output += import_table(args.import_runs)
     finally:

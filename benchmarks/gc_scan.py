@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from _servers import REPO, S3_OPTIONS, counts, moto_server, s3_client
 
@@ -93,9 +94,9 @@ _LAUNCHER = (
 )
 
 
-def peak_rss_mib(url: str, endpoint: str) -> float:
+def peak_rss_mib(url: str, storage_options: dict[str, Any]) -> float:
     """Peak RSS of a whole `objstore-backend gc --dry-run` process (started from a small launcher)."""
-    options = json.dumps({**S3_OPTIONS, "endpoint_url": endpoint})
+    options = json.dumps(storage_options)
     command = [
         sys.executable,
         "-m",
@@ -154,7 +155,7 @@ def main() -> None:
         print("\n| objects in the bucket | peak RSS of `objstore-backend gc --dry-run` |")
         print("|---:|---:|")
         for size, store in stores.items():
-            print(f"| {size:,} | {peak_rss_mib(store.url, endpoint):.0f} MiB |")
+            print(f"| {size:,} | {peak_rss_mib(store.url, {**S3_OPTIONS, 'endpoint_url': endpoint}):.0f} MiB |")
 
 
 if __name__ == "__main__":

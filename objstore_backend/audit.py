@@ -20,6 +20,7 @@ from typing import Any
 from objstore_backend.errors import BucketNotFoundError
 from objstore_backend.scan import scan_pages
 from objstore_backend.store import GCSTransport, LocalTransport, ObjectStore, S3Transport
+from objstore_backend.transports_azure import AZURE_PROTOCOLS
 
 __all__ = ["LEVELS", "AuditReport", "Finding", "Inventory", "check_gcs_bucket", "run_audit"]
 
@@ -405,6 +406,10 @@ async def _audit(store: ObjectStore, fs: Any, concurrency: int, top_dags: int | 
         findings = await _gcs_findings(store, fs, base_prefix)
     elif isinstance(store.transport, LocalTransport):
         findings = check_local_directory(store.root)
+    elif store.protocol in AZURE_PROTOCOLS:
+        from objstore_backend.audit_azure import azure_findings  # which imports this module
+
+        findings = await azure_findings(store, fs, base_prefix)
     else:
         findings = []
     if inventory.unreadable_count:

@@ -8,9 +8,10 @@ without Airflow installed.
 =================  ===========================================================================
 key                meaning
 =================  ===========================================================================
-path               base URL (``s3://bucket/prefix/``, ``gs://...``, a local directory). An
-                   Airflow connection id in the user part, ``s3://aws_default@bucket/prefix/``,
-                   supplies credentials inside Airflow. Empty: ``$AIRFLOW_HOME/state_store``.
+path               base URL (``s3://bucket/prefix/``, ``gs://...``, ``abfs://container/prefix/``,
+                   a local directory). An Airflow connection id in the user part,
+                   ``s3://aws_default@bucket/prefix/``, supplies credentials inside Airflow.
+                   Empty: ``$AIRFLOW_HOME/state_store``.
 storage_options    JSON object passed to the fsspec filesystem (e.g. ``{"endpoint_url": ...}``).
 threshold_bytes    offload mode: values whose JSON is smaller stay inline in Airflow's DB
                    reference and cost no request. 0 (default) always offloads.
@@ -65,6 +66,10 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+#: ``abfss://container@ACCOUNT.dfs.core.windows.net/``: Azure's own URL form, whose user part is the container.
+_AZURE_ACCOUNT_HOST = re.compile(r"(?P<account>[a-z0-9]{3,24})\.(?:dfs|blob)\.core\.windows\.net", re.IGNORECASE)
+
+
 def split_connection_id(url: str) -> tuple[str | None, str]:
     """``s3://conn@bucket/p`` -> ``("conn", "s3://bucket/p")``; plain URLs pass through.
 
@@ -72,7 +77,7 @@ def split_connection_id(url: str) -> tuple[str | None, str]:
     is refused with an error that repeats neither part.
     """
     parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
+    if not parts.scheme or "@" not in parts.netloc or _AZURE_ACCOUNT_HOST.fullmatch(parts.netloc.rpartition("@")[2]):
         return None, url
     conn_id, _, host = parts.netloc.rpartition("@")
     if conn_id and not _CONNECTION_ID.fullmatch(conn_id):
@@ -82,6 +87,16 @@ def split_connection_id(url: str) -> tuple[str | None, str]:
             "Give them in storage_options, or name an Airflow connection (s3://aws_default@bucket/...)"
         )
     return conn_id or None, urlunsplit(parts._replace(netloc=host))
+
+
+def _azure_account_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``abfss://c@acct.dfs.core.windows.net/p`` -> ``("abfss://c/p", {"account_name": "acct"})``; others pass."""
+    parts = urlsplit(url)
+    container, _, host = parts.netloc.rpartition("@")
+    account = _AZURE_ACCOUNT_HOST.fullmatch(host)
+    if not parts.scheme or not container or account is None:
+        return url, {}
+    return urlunsplit(parts._replace(netloc=container)), {"account_name": account["account"]}
 
 
 def parse_storage_options(raw: Any) -> dict[str, Any]:
@@ -119,7 +134,9 @@ def _check_protocol(path: str) -> None:
 
     protocol = split_connection_id(path)[1].split("://", 1)[0] if "://" in path else "file"
     if protocol not in fsspec.available_protocols():
-        known = ", ".join(p for p in ("s3", "gs", "gcs", "file", "memory") if p in fsspec.available_protocols())
+        known = ", ".join(
+            p for p in ("s3", "gs", "gcs", "abfs", "abfss", "az", "file", "memory") if p in fsspec.available_protocols()
+        )
         raise ValueError(
             f"[{SECTION}] path {redact_url(path)!r} has the URL scheme {protocol!r}, which fsspec does not know: "
             f"use one of {known}, or a local directory"
@@ -155,7 +172,8 @@ class StoreSettings:
         """
         conn_id, url = split_connection_id(self.path)
         if conn_id is None:
-            return url, dict(self.storage_options)
+            url, account = _azure_account_url(url)
+            return url, {**account, **self.storage_options}
         try:
             from airflow.sdk.io.fs import get_fs
         except ImportError as exc:

@@ -1224,6 +1224,9 @@ class _suppress_os_error:
         return exc_type is not None and issubclass(exc_type, OSError)
 
 
+#: Azure Blob Storage's transport lives in a module of its own, which imports this one.
+_AZURE_PROTOCOLS = ("abfs", "abfss", "az")
+
 _TRANSPORTS: dict[str, type[Transport]] = {
     "s3": S3Transport,
     "s3a": S3Transport,
@@ -1243,6 +1246,14 @@ _S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "max_pool_connections": 64,
     "retries": {"mode": "standard", "total_max_attempts": 1},
 }
+
+
+def _transport_class(protocol: str) -> type[Transport]:
+    if protocol in _AZURE_PROTOCOLS:
+        from objstore_backend.transports_azure import AzureTransport
+
+        return AzureTransport
+    return _TRANSPORTS.get(protocol, EnvelopeTransport)
 
 
 def _user_set_botocore_retries(transport_class: type[Transport], options: dict[str, Any]) -> bool:
@@ -1271,7 +1282,7 @@ class ObjectStore:
         options = dict(storage_options or {})
         retry_option = options.pop(RETRY_OPTION, None)
         self.storage_options = options
-        transport_class = _TRANSPORTS.get(self.protocol, EnvelopeTransport)
+        transport_class = _transport_class(self.protocol)
         if retry is None and retry_option is None and _user_set_botocore_retries(transport_class, options):
             retry = RetryPolicy(attempts=1)  # botocore retries as the user asked: one policy, not two
         self.retry = retry or RetryPolicy.from_option(retry_option)

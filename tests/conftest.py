@@ -2,13 +2,15 @@
 
 ``store_location`` and ``make_backend`` run a test on each kind of store: memory (fast, the
 fsspec test seam), the local disk (the embedded default), S3 through s3fs against moto's HTTP
-server, and GCS through gcsfs against fake-gcs-server (started here on a free port, behind a
+server, GCS through gcsfs against fake-gcs-server, and Azure Blob Storage through adlfs and the
+azure-storage-blob SDK against Azurite (each emulator started here on a free port, behind a
 request-counting proxy). ``s3_fault_proxy`` / ``s3_fault_options`` put the same fault-injecting
 proxy in front of moto (see ``tests.servers.CountingProxy.inject``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +20,15 @@ import boto3
 import pytest
 
 from tests.airflow_home import migrate
-from tests.servers import CountingMotoServer, CountingProxy, create_gcs_bucket, fake_gcs_server
+from tests.servers import (
+    CountingMotoServer,
+    CountingProxy,
+    azurite,
+    azurite_connection_string,
+    create_azure_container,
+    create_gcs_bucket,
+    fake_gcs_server,
+)
 
 # gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -118,7 +128,54 @@ def gcs_bucket(gcs_proxy: CountingProxy) -> str:
     return name
 
 
-STORE_KINDS = ["memory", "local", "s3", "gcs"]
+@pytest.fixture(scope="session")
+def azure_proxy() -> Iterator[CountingProxy]:
+    """Azurite's Blob service on a free port, behind a proxy that counts requests and can inject faults."""
+    # the SDK logs each request at INFO: the fixtures' own set-up calls would fill every report
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+    server, url = azurite()
+    proxy = CountingProxy(url, dialect="azure").start()
+    proxy.upstream_url = url  # type: ignore[attr-defined]
+    yield proxy
+    proxy.stop()
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def azure_options(azure_proxy: CountingProxy) -> dict[str, Any]:
+    return {"connection_string": azurite_connection_string(azure_proxy.url)}
+
+
+@pytest.fixture
+def azure_container(azure_proxy: CountingProxy) -> str:
+    name = f"state-{uuid.uuid4().hex[:12]}"
+    create_azure_container(azure_proxy.url, name)
+    return name
+
+
+@pytest.fixture
+def azure_fault_proxy(azure_proxy: CountingProxy) -> Iterator[CountingProxy]:
+    """The Azurite proxy, clean for each test and after it (see ``CountingProxy.inject``)."""
+    azure_proxy.reset()
+    azure_proxy.stall_seconds = 0.6
+    yield azure_proxy
+    azure_proxy.reset()
+
+
+@pytest.fixture
+def azure_fault_options(azure_fault_proxy: CountingProxy) -> dict[str, Any]:
+    """Azure storage options through the fault proxy: short timeouts and a fast retry backoff."""
+    return {
+        "connection_string": azurite_connection_string(azure_fault_proxy.url),
+        "connection_timeout": 0.5,
+        "read_timeout": 0.3,
+        "retry": {"attempts": 5, "base_delay": 0.01, "max_delay": 0.05},
+    }
+
+
+STORE_KINDS = ["memory", "local", "s3", "gcs", "azure"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -135,6 +192,9 @@ def store_location(store_kind: str, request: pytest.FixtureRequest, tmp_path: An
         return str(tmp_path / "state"), {}
     if store_kind == "gcs":
         return f"gs://{request.getfixturevalue('gcs_bucket')}/airflow/state", request.getfixturevalue("gcs_options")
+    if store_kind == "azure":
+        container = request.getfixturevalue("azure_container")
+        return f"abfs://{container}/airflow/state", request.getfixturevalue("azure_options")
     bucket = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/airflow/state", request.getfixturevalue("s3_options")
 

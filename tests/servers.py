@@ -1,5 +1,5 @@
 """Real servers for the tests: moto's S3 server behind a request-counting WSGI layer, and a
-counting, fault-injecting reverse proxy (in front of the GCS emulator, and of moto).
+counting, fault-injecting reverse proxy (in front of the GCS emulator, Azurite, and moto).
 
 Counting happens on the server side, so the counts are the requests that really crossed the
 wire (retries included), whatever the client library does. The proxy answers chosen requests
@@ -10,7 +10,8 @@ Run as a script, it serves one counting server in its own process (for the bench
 read the counts over HTTP: ``GET /_counts``, ``?reset=1`` to clear them too)::
 
     python -m tests.servers moto [PORT]          # moto's S3 server; a free port by default
-    python -m tests.servers proxy UPSTREAM_URL   # the proxy (GCS dialect), e.g. before fake-gcs-server
+    python -m tests.servers proxy UPSTREAM_URL [DIALECT]   # the proxy (gcs, azure or s3), e.g. before
+                                                           # fake-gcs-server or Azurite
 
 Each prints ``serving URL`` once it listens.
 """
@@ -32,6 +33,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
@@ -95,6 +97,47 @@ def create_gcs_bucket(url: str, name: str) -> None:
     urllib.request.urlopen(request).close()
 
 
+#: Azurite's well-known development account (public: the emulator's documented default).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+REPO = Path(__file__).resolve().parent.parent
+
+
+def azurite_connection_string(url: str) -> str:
+    """The connection string of Azurite's development account with its Blob service at ``url``."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={url}/{AZURITE_ACCOUNT};"
+    )
+
+
+def azurite() -> tuple[subprocess.Popen[bytes], str]:
+    """Azurite's Blob service (npm, installed by scripts/install-azurite.sh) on a free port: process, URL.
+
+    In memory, any API version, ready in 1-3 s.
+    """
+    installer = REPO / "scripts" / "install-azurite.sh"
+    binary = subprocess.run(["bash", str(installer)], check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    server = subprocess.Popen(
+        ["node", binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence"]
+        + ["--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/{AZURITE_ACCOUNT}?comp=list")
+    return server, url
+
+
+def create_azure_container(url: str, name: str) -> None:
+    """Create container ``name`` in Azurite's development account at ``url``."""
+    from azure.storage.blob import BlobServiceClient
+
+    with BlobServiceClient.from_connection_string(azurite_connection_string(url)) as service:
+        service.create_container(name)
+
+
 def s3_kind(method: str, path: str, query: str) -> str:
     """An S3 request's operation-ish kind: ``GET``, ``PUT``, ``LIST``, ``DELETE``, ``BATCH-DELETE``..."""
     if method == "GET" and ("list-type" in query or path.count("/") <= 1 and "prefix" in query):
@@ -118,6 +161,18 @@ def gcs_kind(method: str, path: str, query: str) -> str:
         return "GET-META"
     return method
 
+
+def azure_kind(method: str, path: str, query: str) -> str:
+    """A Blob service request's kind: ``PUT``, ``GET``, ``HEAD``, ``DELETE``, ``LIST``, ``BATCH``..."""
+    if method == "GET" and "comp=list" in query:
+        return "LIST"
+    if method == "POST" and "comp=batch" in query:
+        return "BATCH"
+    return method
+
+
+#: How each dialect's requests are named in the counts.
+KINDS = {"s3": s3_kind, "gcs": gcs_kind, "azure": azure_kind}
 
 #: The path a counting server answers with its counts by kind instead of passing the request on.
 COUNTS_PATH = "/_counts"
@@ -304,6 +359,14 @@ def _error_answer(dialect: str, status: int) -> tuple[int, dict[str, str], bytes
             f"<RequestId>FAULT</RequestId><HostId>proxy</HostId></Error>"
         )
         return status, {"Content-Type": "application/xml"}, body.encode()
+    if dialect == "azure":
+        code, message = {
+            503: ("ServerBusy", "The server is busy."),
+            500: ("InternalError", "The server encountered an internal error. Please retry the request."),
+            429: ("TooManyRequests", "Too many requests, please slow down."),
+        }[status]
+        body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+        return status, {"Content-Type": "application/xml", "x-ms-error-code": code}, body.encode()
     reason = {503: "backendError", 500: "internalError", 429: "rateLimitExceeded"}[status]
     error = {"error": {"code": status, "message": f"injected {reason}", "errors": [{"reason": reason}]}}
     return status, {"Content-Type": "application/json"}, json.dumps(error).encode()
@@ -320,10 +383,10 @@ class CountingProxy(_BackgroundServer):
     * :meth:`inject` adds a :class:`FaultRule`: chosen requests (by predicate) or a seeded share
       of them get one of :data:`FAULT_KINDS`. :attr:`injected` counts the faults by kind.
 
-    ``dialect`` (``"s3"`` or ``"gcs"``) shapes the error bodies. ``serialize=True`` relays one
-    request at a time, in arrival order, so a request whose client gave up (a stall) has taken
-    effect before the next one is relayed: what a failed call may have left is settled before
-    the next call starts, and a test's model of the store can stay exact.
+    ``dialect`` (``"s3"``, ``"gcs"`` or ``"azure"``) shapes the error bodies and names the kinds.
+    ``serialize=True`` relays one request at a time, in arrival order, so a request whose client
+    gave up (a stall) has taken effect before the next one is relayed: what a failed call may have
+    left is settled before the next call starts, and a test's model of the store can stay exact.
     """
 
     def __init__(self, upstream: str, *, dialect: str = "gcs", stall_seconds: float = 2.0) -> None:
@@ -333,7 +396,7 @@ class CountingProxy(_BackgroundServer):
         self.dialect = dialect
         self.stall_seconds = stall_seconds
         self.serialize = False
-        self.log = RequestLog(s3_kind if dialect == "s3" else gcs_kind)
+        self.log = RequestLog(KINDS[dialect])
         self.respond: Callable[[str, str, str, bytes], tuple[int, dict[str, str], bytes] | None] | None = None
         #: like ``respond``, given the whole :class:`ProxiedRequest` (headers included)
         self.answer: Callable[[ProxiedRequest], tuple[int, dict[str, str], bytes] | None] | None = None
@@ -491,7 +554,7 @@ _HOP_BY_HOP = {
 
 
 def _serve(argv: list[str]) -> None:
-    """``python -m tests.servers moto [PORT]`` or ``python -m tests.servers proxy UPSTREAM_URL``."""
+    """``python -m tests.servers moto [PORT]`` or ``python -m tests.servers proxy UPSTREAM_URL [DIALECT]``."""
     served: CountingMotoServer | CountingProxy
     match argv:
         case ["moto"]:
@@ -500,8 +563,12 @@ def _serve(argv: list[str]) -> None:
             served = CountingMotoServer(int(port))
         case ["proxy", upstream]:
             served = CountingProxy(upstream)
+        case ["proxy", upstream, dialect] if dialect in KINDS:
+            served = CountingProxy(upstream, dialect=dialect)
         case _:
-            raise SystemExit(f"usage: python -m tests.servers (moto [PORT] | proxy UPSTREAM_URL), not {argv}")
+            raise SystemExit(
+                f"usage: python -m tests.servers (moto [PORT] | proxy UPSTREAM_URL [{'|'.join(KINDS)}]), not {argv}"
+            )
     served.start()
     print(f"serving http://127.0.0.1:{served.port}", flush=True)
     served._thread.join()

@@ -127,10 +127,26 @@ def test_offload_mode_on_s3_with_an_airflow_connection(
     _assert_offload_landed(store, tmp_path / "home")
 
 
-@pytest.mark.parametrize("cloud", ["s3", "gcs"])
+def test_offload_mode_on_azure_with_an_airflow_connection(
+    migrated_db: Path, tmp_path: Path, azure_container: str, azure_options: dict[str, Any]
+) -> None:
+    """``abfs://conn_id@container/...``: the azure provider's filesystem resolves the connection."""
+    connection = {"conn_type": "wasb", "extra": {"connection_string": azure_options["connection_string"]}}
+    run_demo(
+        migrated_db,
+        tmp_path / "home",
+        AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND,
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"abfs://azurite_blob@{azure_container}/airflow/state/",
+        AIRFLOW_CONN_AZURITE_BLOB=json.dumps(connection),
+    )
+    _assert_offload_landed(ObjectStore(f"abfs://{azure_container}/airflow/state", azure_options), tmp_path / "home")
+
+
+@pytest.mark.parametrize("cloud", ["s3", "gcs", "azure"])
 def test_primary_mode(migrated_db: Path, tmp_path: Path, cloud: str, request: pytest.FixtureRequest) -> None:
-    scheme = {"s3": "s3", "gcs": "gs"}[cloud]
-    bucket, options = request.getfixturevalue(f"{cloud}_bucket"), request.getfixturevalue(f"{cloud}_options")
+    scheme = {"s3": "s3", "gcs": "gs", "azure": "abfs"}[cloud]
+    container = "container" if cloud == "azure" else "bucket"
+    bucket, options = request.getfixturevalue(f"{cloud}_{container}"), request.getfixturevalue(f"{cloud}_options")
     home = tmp_path / "home"
     run_demo(
         migrated_db,

@@ -4,6 +4,9 @@ S3 findings come from buckets configured through boto3 on moto's server. The GCS
 not keep bucket lifecycle, soft delete or retention settings, so the GCS checks are fed bucket
 resources in the JSON API's documented shape (``GET storage/v1/b/{bucket}``), written out in
 tests/gcs_buckets/ from Google's reference for the bucket resource, not recorded from a bucket.
+Azure's data-plane findings come from containers configured on Azurite; its lifecycle policies live
+in the management plane, which no emulator serves, so those checks are fed policies built with
+azure-mgmt-storage's own models.
 """
 
 from __future__ import annotations
@@ -264,3 +267,123 @@ def test_a_setting_the_caller_may_not_read_is_a_finding_not_a_crash() -> None:
     assert findings["S3_CANNOT_READ_LIFECYCLE"].level == "warning"
     assert "AccessDenied" in findings["S3_CANNOT_READ_LIFECYCLE"].message
     assert "S3_NO_ABORT_MULTIPART" not in findings  # unknown, not guessed
+
+
+# -- Azure findings: the data plane on Azurite, lifecycle policies in the management API's shape -----
+
+
+@pytest.fixture
+def azure_audit(azure_container: str, azure_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+
+    def audit(options: dict[str, Any] | None = None) -> dict[str, Any]:
+        settings = StoreSettings(
+            path=f"abfs://{azure_container}/airflow/state", storage_options=options or azure_options
+        )
+        return {f.code: f for f in run_audit(ObjectStoreBackend(settings).store).findings}
+
+    return audit
+
+
+def test_a_bare_azure_container_says_the_lifecycle_policy_could_not_be_read(azure_audit: Any) -> None:
+    findings = azure_audit()
+    assert set(findings) == {"AZURE_CANNOT_READ_LIFECYCLE_POLICY"}
+    finding = findings["AZURE_CANNOT_READ_LIFECYCLE_POLICY"]
+    assert finding.level == "warning" and "AZURE_SUBSCRIPTION_ID is not set" in finding.message
+
+
+def test_azure_soft_delete_and_public_access_are_reported(
+    azure_audit: Any, azure_container: str, azure_proxy: CountingProxy
+) -> None:
+    from azure.storage.blob import BlobServiceClient, RetentionPolicy
+
+    from tests.servers import azurite_connection_string
+
+    service = BlobServiceClient.from_connection_string(azurite_connection_string(azure_proxy.url))
+    service.get_container_client(azure_container).set_container_access_policy({}, public_access="blob")
+    service.set_service_properties(delete_retention_policy=RetentionPolicy(enabled=True, days=7))
+    try:
+        findings = azure_audit()
+    finally:  # the account's setting: every container of the session shares it
+        service.set_service_properties(delete_retention_policy=RetentionPolicy(enabled=False))
+    assert findings["AZURE_SOFT_DELETE"].level == "warning" and "7 days" in findings["AZURE_SOFT_DELETE"].message
+    assert findings["AZURE_PUBLIC_ACCESS"].level == "error" and "(blob)" in findings["AZURE_PUBLIC_ACCESS"].message
+
+
+def test_what_a_container_sas_cannot_read_is_a_finding(
+    azure_audit: Any, azure_container: str, azure_proxy: CountingProxy
+) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from tests.servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    sas = generate_container_sas(
+        AZURITE_ACCOUNT,
+        azure_container,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    endpoint = f"BlobEndpoint={azure_proxy.url}/{AZURITE_ACCOUNT};SharedAccessSignature={sas}"
+    findings = azure_audit({"connection_string": endpoint})
+    unreadable = findings["AZURE_CANNOT_READ_BLOB_SERVICE_PROPERTIES"]
+    assert unreadable.level == "warning" and "HTTP 403" in unreadable.message
+    assert "sig=" not in unreadable.message and "AZURE_CANNOT_READ_LIFECYCLE_POLICY" in findings
+
+
+def _policy(*rules: dict[str, Any]) -> dict[str, Any]:
+    """A management policy as the management API returns it, built with azure-mgmt-storage's own models."""
+    from azure.mgmt.storage.models import ManagementPolicy
+
+    document = ManagementPolicy({"properties": {"policy": {"rules": list(rules)}}}).as_dict()
+    return dict(document["properties"])
+
+
+def _rule(name: str, prefixes: list[str] | None, base_blob: dict[str, Any], **filters: Any) -> dict[str, Any]:
+    rule_filters = {"blobTypes": ["blockBlob"], **({"prefixMatch": prefixes} if prefixes else {}), **filters}
+    return {
+        "name": name,
+        "enabled": True,
+        "type": "Lifecycle",
+        "definition": {"filters": rule_filters, "actions": {"baseBlob": base_blob}},
+    }
+
+
+def test_azure_lifecycle_rules_that_reach_live_state_are_errors() -> None:
+    from objstore_backend.audit_azure import check_azure_lifecycle
+
+    delete_30 = {"delete": {"daysAfterModificationGreaterThan": 30}}
+    policy = _policy(
+        _rule("whole-account", None, delete_30),
+        _rule("state-prefix", ["state/airflow"], {"delete": {"daysAfterLastAccessTimeGreaterThan": 7}}),
+        _rule("archive", ["state/airflow/state/task"], {"tierToArchive": {"daysAfterModificationGreaterThan": 90}}),
+        _rule("other-container", ["logs/airflow"], delete_30),
+        _rule("other-prefix", ["state/exports"], delete_30),
+        _rule("tagged", ["state/airflow"], delete_30, blobIndexMatch=[{"name": "t", "op": "==", "value": "x"}]),
+        _rule("cool-only", ["state/airflow"], {"tierToCool": {"daysAfterModificationGreaterThan": 30}}),
+    )
+    findings = check_azure_lifecycle(policy, "state", "airflow/state/")
+    reported = sorted((f.code, f.message.split("'")[1]) for f in findings)
+    assert reported == [
+        ("AZURE_LIFECYCLE_ARCHIVES_STATE", "archive"),
+        ("AZURE_LIFECYCLE_DELETES_STATE", "state-prefix"),
+        ("AZURE_LIFECYCLE_DELETES_STATE", "whole-account"),
+    ]
+    assert all(f.level == "error" for f in findings)
+    assert check_azure_lifecycle(None, "state", "airflow/state/") == []  # no policy at all
+
+
+def test_azure_container_locks_are_errors() -> None:
+    from objstore_backend.audit_azure import check_azure_container
+
+    locked = {
+        "has_immutability_policy": True,
+        "has_legal_hold": True,
+        "immutable_storage_with_versioning_enabled": True,
+    }
+    levels = {f.code: f.level for f in check_azure_container({"delete_retention_policy": {}}, locked)}
+    assert levels == {
+        "AZURE_IMMUTABILITY_POLICY": "error",
+        "AZURE_LEGAL_HOLD": "error",
+        "AZURE_VERSION_IMMUTABILITY": "warning",
+    }

@@ -117,3 +117,18 @@ def test_connection_id_is_split_from_the_url() -> None:
     assert split_connection_id("s3://aws_default@bucket/p/") == ("aws_default", "s3://bucket/p/")
     assert split_connection_id("s3://bucket/p/") == (None, "s3://bucket/p/")
     assert split_connection_id("/local/dir") == (None, "/local/dir")
+
+
+def test_azure_urls_and_their_connection_ids() -> None:
+    assert split_connection_id("abfs://wasb_default@state/p/") == ("wasb_default", "abfs://state/p/")
+    # Azure's own form: the user part is the container, the host names the account
+    account_form = "abfss://state@myaccount.dfs.core.windows.net/airflow/state/"
+    assert split_connection_id(account_form) == (None, account_form)
+    assert StoreSettings(path=account_form, storage_options={"anon": False}).resolve() == (
+        "abfss://state/airflow/state/",
+        {"account_name": "myaccount", "anon": False},
+    )
+    given = StoreSettings(path="az://state@other.blob.core.windows.net/p", storage_options={"account_name": "mine"})
+    assert given.resolve() == ("az://state/p", {"account_name": "mine"})  # explicit options win
+    with pytest.raises(ValueError, match="use one of s3, gs, gcs, abfs, abfss, az, file, memory"):
+        StoreSettings(path="wasbx://state/p")

@@ -1,8 +1,8 @@
 """Concurrency: many writers, readers and clears at once; writers killed mid-``set``; the GC
-against live writers. On the local disk (the embedded default) and on S3 (moto).
+against live writers. On the local disk (the embedded default), on S3 (moto) and on Azure (Azurite).
 
 Worker processes come from a forkserver that imports the package once (``tests/_workers.py``),
-so a process starts in milliseconds; they reach moto, which runs in the pytest process, over HTTP.
+so a process starts in milliseconds; they reach moto, which runs in the pytest process, and Azurite over HTTP.
 """
 
 from __future__ import annotations
@@ -35,15 +35,21 @@ FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
 @pytest.fixture(scope="module")
 def forkserver() -> Any:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests._workers"])
+    context.set_forkserver_preload(["tests._workers", "adlfs", "azure.storage.blob"])
     return context
 
 
-@pytest.fixture(params=["local", "s3"])
+def _cloud_location(where: str, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    if where == "azure":
+        return f"abfs://{request.getfixturevalue('azure_container')}/state", request.getfixturevalue("azure_options")
+    return f"s3://{request.getfixturevalue('s3_bucket')}/state", request.getfixturevalue("s3_options")
+
+
+@pytest.fixture(params=["local", "s3", "azure"])
 def location(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, Any]]:
     if request.param == "local":
         return str(tmp_path / "state"), {}
-    return f"s3://{request.getfixturevalue('s3_bucket')}/state", request.getfixturevalue("s3_options")
+    return _cloud_location(request.param, request)
 
 
 def test_threads_and_processes_write_read_and_clear_the_same_keys(
@@ -71,7 +77,7 @@ def test_threads_and_processes_write_read_and_clear_the_same_keys(
     assert totals["set"] > 30 and totals["get"] > 5 and totals["clear"] > 5, totals
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "azure"])
 def test_a_writer_killed_mid_set_never_leaves_a_torn_value(
     where: str, forkserver: Any, request: pytest.FixtureRequest, tmp_path: Any
 ) -> None:
@@ -80,8 +86,7 @@ def test_a_writer_killed_mid_set_never_leaves_a_torn_value(
     if where == "local":
         url, options, size, kills = str(tmp_path / "state"), {}, 4_000_000, 6
     else:
-        url, options, size, kills = f"s3://{request.getfixturevalue('s3_bucket')}/state", None, 2_000_000, 4
-        options = request.getfixturevalue("s3_options")
+        (url, options), size, kills = _cloud_location(where, request), 2_000_000, 4
     backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=options))
     scope = TaskScope("killed", "run", "writer")
     progress = forkserver.Value("q", 0)
@@ -117,14 +122,15 @@ def test_a_writer_killed_mid_set_never_leaves_a_torn_value(
 def _gc_location(where: str, request: pytest.FixtureRequest, tmp_path: Any) -> tuple[ObjectStoreBackend, GCOptions]:
     if where == "local":
         return ObjectStoreBackend(StoreSettings(path=str(tmp_path / "state"))), GCOptions(concurrency=8)
-    url = f"s3://{request.getfixturevalue('s3_bucket')}/state"
-    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=request.getfixturevalue("s3_options")))
-    # moto ignores the ETag condition inside DeleteObjects (AWS honours it): one conditional delete per key
-    return backend, GCOptions(concurrency=8, batched_deletes=False)
+    url, options = _cloud_location(where, request)
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=options))
+    # moto ignores the ETag condition inside DeleteObjects (AWS honours it): one conditional delete per key;
+    # Azurite honours it inside blob batches
+    return backend, GCOptions(concurrency=8, batched_deletes=where == "azure")
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "azure"])
 def test_a_key_rewritten_with_the_same_value_between_check_and_delete_survives(
     where: str, compression: str, request: pytest.FixtureRequest, tmp_path: Any
 ) -> None:
@@ -205,7 +211,7 @@ def test_local_versions_tell_writes_apart_when_inode_mtime_and_size_repeat(tmp_p
     assert failures == [(path, CHANGED)] and backend.get(scope, "k") == '"b"'
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "azure"])
 def test_gc_against_live_writers_loses_no_live_key(where: str, request: pytest.FixtureRequest, tmp_path: Any) -> None:
     """Writers rewrite keys with a 0.4 s retention (half the time the same value), half the time
     just after the expiry, so keys keep expiring and coming back, while the GC sweeps in a loop

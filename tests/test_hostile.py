@@ -2,8 +2,8 @@
 nothing outside its scope. Then credentials: they never reach logs, refs, errors or command output.
 
 Rows here extend ``tests/test_backend.py`` (its ``HOSTILE`` ids, bad offload values, bad
-primary values and foreign refs are not repeated). Every case runs on the local disk and on S3
-(moto), unless it is about one store. Before each case, sentinel keys are written in other
+primary values and foreign refs are not repeated). Every case runs on the local disk, on S3
+(moto) and on Azure (Azurite), unless it is about one store. Before each case, sentinel keys are written in other
 scopes; after it, they must be exactly as they were, and any object the case added must lie
 under a prefix of a scope the case named.
 """
@@ -45,7 +45,7 @@ from objstore_backend.store import (
     ObjectStore,
     _client_error_code,
 )
-from tests.servers import CountingProxy, ProxiedRequest
+from tests.servers import CountingProxy, ProxiedRequest, azurite_connection_string, create_azure_container
 
 T = TaskScope
 A = AssetScope
@@ -55,14 +55,16 @@ SENTINELS = [(T("sentinel", "run", "task"), "keep"), (A(name="sentinel"), "keep"
 
 @pytest.fixture(scope="module")
 def shared_backends(
-    moto_server: Any, s3_client: Any, tmp_path_factory: pytest.TempPathFactory
+    moto_server: Any, s3_client: Any, azure_proxy: CountingProxy, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, ObjectStoreBackend]:
     """One backend per store kind for the whole table (a new S3 client costs 0.1-0.4 s).
 
-    The cases run on the local disk and S3; test_backend.py covers memory and GCS.
+    The cases run on the local disk, S3 and Azure; test_backend.py covers memory and GCS.
     """
     bucket = f"hostile-{os.getpid()}"
     s3_client.create_bucket(Bucket=bucket)
+    create_azure_container(azure_proxy.url, bucket)
+    azure_options = {"connection_string": azurite_connection_string(azure_proxy.url)}
     options = {
         "endpoint_url": moto_server.endpoint_url,
         "key": "testing",
@@ -72,7 +74,17 @@ def shared_backends(
     return {
         "local": ObjectStoreBackend(StoreSettings(path=str(tmp_path_factory.mktemp("hostile") / "state"))),
         "s3": ObjectStoreBackend(StoreSettings(path=f"s3://{bucket}/state", storage_options=options)),
+        "azure": ObjectStoreBackend(StoreSettings(path=f"abfs://{bucket}/state", storage_options=azure_options)),
     }
+
+
+def _container(backend: ObjectStoreBackend) -> Any:
+    """The SDK's synchronous client of an Azure backend's container, to read and write around the store."""
+    from azure.storage.blob import ContainerClient
+
+    return ContainerClient.from_connection_string(
+        backend.store.storage_options["connection_string"], backend.store.root.partition("/")[0]
+    )
 
 
 def emptied(kind: str, backend: ObjectStoreBackend, s3_client: Any) -> Ctx:
@@ -81,6 +93,10 @@ def emptied(kind: str, backend: ObjectStoreBackend, s3_client: Any) -> Ctx:
     if kind == "local":
         shutil.rmtree(root)
         os.makedirs(root, mode=0o700)
+    elif kind == "azure":
+        container = _container(backend)
+        for blob in container.list_blobs(name_starts_with=root.partition("/")[2] + "/"):
+            container.delete_blob(blob.name)
     else:
         bucket, _, prefix = root.partition("/")
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
@@ -106,6 +122,9 @@ class Ctx:
             bucket, _, name = full.partition("/")
             self.s3_client.put_object(Bucket=bucket, Key=name, Body=body, Metadata=metadata or {})
             return
+        if self.kind == "azure":
+            _container(self.backend).upload_blob(full.partition("/")[2], body, overwrite=True, metadata=metadata)
+            return
         os.makedirs(os.path.dirname(full), exist_ok=True)
         data = body if metadata is None else ENVELOPE_MAGIC + orjson.dumps(metadata) + b"\n" + body
         with open(full, "wb") as handle:
@@ -119,6 +138,8 @@ class Ctx:
             if self.kind == "s3":
                 bucket, _, name = full.partition("/")
                 snap[listed.path] = self.s3_client.get_object(Bucket=bucket, Key=name)["Body"].read()
+            elif self.kind == "azure":
+                snap[listed.path] = _container(self.backend).download_blob(full.partition("/")[2]).readall()
             else:
                 with open(full, "rb") as handle:
                     snap[listed.path] = handle.read()
@@ -347,7 +368,7 @@ S3_PLACED: dict[str, Placed] = {
 class Case:
     kind: str  # "round trip" | "refused" | "placed"
     name: str
-    stores: tuple[str, ...] = ("local", "s3")
+    stores: tuple[str, ...] = ("local", "s3", "azure")
     data: Any = field(default=None)
 
 
@@ -362,7 +383,7 @@ CASES = (
 
 @pytest.mark.parametrize(
     "kind, case",
-    [(kind, case) for kind in ("local", "s3") for case in CASES if kind in case.stores],
+    [(kind, case) for kind in ("local", "s3", "azure") for case in CASES if kind in case.stores],
     ids=lambda value: value if isinstance(value, str) else f"{value.kind}: {value.name}",
 )
 def test_hostile_input(kind: str, case: Case, shared_backends: dict[str, ObjectStoreBackend], s3_client: Any) -> None:
@@ -426,10 +447,10 @@ OPERATIONS: dict[str, Callable[[ObjectStoreBackend], Any]] = {
 }
 
 
-@pytest.mark.parametrize("where", ["s3", "gcs"])
+@pytest.mark.parametrize("where", ["s3", "gcs", "azure"])
 def test_a_base_path_in_a_missing_bucket_names_the_bucket(where: str, request: pytest.FixtureRequest) -> None:
     options = request.getfixturevalue(f"{where}_options")
-    url = f"{'s3' if where == 's3' else 'gs'}://no-such-bucket-0042/state"
+    url = f"{ {'s3': 's3', 'gcs': 'gs', 'azure': 'abfs'}[where] }://no-such-bucket-0042/state"
     backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=options))
     for name, operation in OPERATIONS.items():
         if where == "gcs" and name in ("get", "delete"):

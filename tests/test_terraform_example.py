@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "terraform-example"
-CLOUDS = ("aws", "gcp")
+CLOUDS = ("aws", "gcp", "azure")
 TF_FILES = {"versions.tf", "variables.tf", "main.tf", "iam.tf", "outputs.tf"}
 
 # Plain values: strings without their HCL quotes, blocks as lists of dicts.
@@ -118,7 +118,7 @@ def prefix_is_valid(cloud: str, prefix: str) -> bool:
     return all(bool(re.search(p, prefix)) == must for must, p in rules)
 
 
-# --- Terraform: both clouds ------------------------------------------------------
+# --- Terraform: every cloud ------------------------------------------------------
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)
@@ -127,10 +127,10 @@ def test_every_tf_file_parses_and_the_layout_is_complete(cloud: str) -> None:
     assert {p.name for p in paths} == TF_FILES
     for path in paths:
         assert parse_tf(path), f"{path} parsed to nothing"
-    assert not list(EXAMPLE.glob("*.tf")), "Terraform belongs in aws/ or gcp/"
+    assert not list(EXAMPLE.glob("*.tf")), "Terraform belongs in aws/, gcp/ or azure/"
 
 
-@pytest.mark.parametrize(("cloud", "provider"), [("aws", "aws"), ("gcp", "google")])
+@pytest.mark.parametrize(("cloud", "provider"), [("aws", "aws"), ("gcp", "google"), ("azure", "azurerm")])
 def test_providers_are_pinned(cloud: str, provider: str) -> None:
     (terraform,) = module(cloud)["terraform"]
     assert terraform["required_version"].startswith(">=")
@@ -514,6 +514,60 @@ def test_gcs_workload_identity_bindings() -> None:
     assert set(local("gcp", "workload_identity_service_accounts")) == {"airflow", "gc", "audit"}
 
 
+# --- Azure ------------------------------------------------------------------------------
+
+
+def test_azure_storage_account_is_hardened_and_kept_private() -> None:
+    account = one_resource("azure", "azurerm_storage_account")
+    assert account["min_tls_version"] == "TLS1_2" and account["https_traffic_only_enabled"] is True
+    assert account["allow_nested_items_to_be_public"] is False  # no anonymous blob access
+    assert account["shared_access_key_enabled"] is False  # Entra ID only (the identity path allows it)
+    assert account["local_user_enabled"] is False and account["default_to_oauth_authentication"] is True
+    (rules,) = blocks(account, "network_rules")
+    assert rules["default_action"] == "Deny"
+    (container,) = resources("azure", "azurerm_storage_container").values()
+    assert container["container_access_type"] == "private"
+    (provider,) = module("azure")["provider"]
+    assert provider["azurerm"]["storage_use_azuread"] is True  # the provider itself cannot use shared keys
+
+
+def test_azure_soft_delete_is_set_deliberately_and_nothing_expires_blobs_by_age() -> None:
+    (properties,) = blocks(one_resource("azure", "azurerm_storage_account"), "blob_properties")
+    (retention,) = blocks(properties, "delete_retention_policy")
+    assert retention["days"] == "${var.soft_delete_retention_days}"
+    assert variable("azure", "soft_delete_retention_days")["default"] == 7
+    assert properties["versioning_enabled"] is False
+    # Azure lifecycle rules delete by age only: any rule on the prefix would delete never-expiring state
+    assert not resources("azure", "azurerm_storage_management_policy")
+
+
+def test_azure_identities_are_federated_to_their_service_accounts_only() -> None:
+    (credential,) = resources("azure", "azurerm_federated_identity_credential").values()
+    assert credential["subject"] == "system:serviceaccount:${var.kubernetes_namespace}:${each.value.ksa}"
+    assert credential["issuer"] == "${var.aks_oidc_issuer_url}"
+    assert credential["audience"] == ["api://AzureADTokenExchange"]
+    assert local("azure", "workload_identity_service_accounts") == {
+        "airflow": "${var.airflow_service_accounts}",
+        "gc": ["${var.gc_service_account}"],
+        "audit": ["${var.audit_service_account}"],
+    }
+
+
+def test_azure_data_roles_are_scoped_to_the_container_and_least_privilege() -> None:
+    assert local("azure", "container_roles") == {
+        "airflow": "Storage Blob Data Contributor",
+        "gc": "Storage Blob Data Contributor",
+        "audit": "Storage Blob Data Reader",
+    }
+    assignments = resources("azure", "azurerm_role_assignment")
+    assert assignments["container"]["scope"] == "${azurerm_storage_container.state.id}"
+    # the audit's one grant above the container: Reader (management plane, no data access) on the account
+    audit_account = assignments["audit_account"]
+    assert audit_account["role_definition_name"] == "Reader"
+    assert audit_account["principal_id"] == '${azurerm_user_assigned_identity.this["audit"].principal_id}'
+    assert set(assignments) == {"container", "audit_account"}
+
+
 # --- Kubernetes ------------------------------------------------------------------------
 
 
@@ -675,10 +729,13 @@ def test_network_policy_selects_the_jobs_and_allows_no_ingress() -> None:
 
 
 def overlay_patches(cloud: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The overlay's strategic-merge patches by (kind, name); JSON patches (with a target) are left out."""
     kustomization = yaml_documents(EXAMPLE / f"kubernetes/overlays/{cloud}/kustomization.yaml")[0]
     assert "../../base" in kustomization["resources"]
     found = {}
     for patch in kustomization["patches"]:
+        if "target" in patch:
+            continue
         doc = yaml.safe_load(patch["patch"])
         assert doc["metadata"]["namespace"] == "airflow"
         found[(doc["kind"], doc["metadata"]["name"])] = doc
@@ -693,7 +750,10 @@ def helm_values(cloud: str, mode: str) -> dict[str, Any]:
 CLOUD_IDENTITY = {
     "aws": ("s3://", "eks.amazonaws.com/role-arn"),
     "gcp": ("gs://", "iam.gke.io/gcp-service-account"),
+    "azure": ("abfs://", "azure.workload.identity/client-id"),
 }
+#: An example client id of a managed identity in the Azure values (Terraform outputs the real ones).
+CLIENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)
@@ -711,6 +771,12 @@ def test_overlay_points_at_the_bucket_with_the_cloud_identities(cloud: str) -> N
     if cloud == "aws":
         prefix = variable("aws", "role_name_prefix")["default"]
         assert identities == {j: f"arn:aws:iam::111122223333:role/{prefix}-{j}" for j in identities}
+    elif cloud == "azure":  # client ids: one identity per job
+        assert all(CLIENT_ID.fullmatch(i) for i in identities.values()) and len(set(identities.values())) == 2
+        storage_options = json.loads(
+            patches[("ConfigMap", "objstore-backend")]["data"]["OBJSTORE_BACKEND_STORAGE_OPTIONS"]
+        )
+        assert storage_options == {"account_name": "exampleairflowstate", "anon": False}  # DefaultAzureCredential
     else:
         prefix = variable("gcp", "name_prefix")["default"]
         assert identities == {j: f"{prefix}-{j}@example-project.iam.gserviceaccount.com" for j in identities}
@@ -763,7 +829,11 @@ def test_airflow_helm_values(cloud: str, mode: str) -> None:
         assert service_account in trusted
     assert len(identities) == 1
     (identity,) = identities
-    assert "-airflow" in identity
+    if cloud == "azure":  # a client id; the pods also need the label the workload identity webhook looks for
+        assert CLIENT_ID.fullmatch(identity) and values["labels"]["azure.workload.identity/use"] == "true"
+        assert json.loads(env["AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS"])["anon"] is False
+    else:
+        assert "-airflow" in identity
 
 
 # --- The real CLI (objstore_backend.cli, written beside this example) ------------------
