@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         examples=[
             "gc --path s3://bucket/airflow/state/ --dry-run",
-            "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64",
+            "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64 --list-concurrency 8",
             "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
         ],
         exit_status="exit status: 0 all went well, 1 some read or delete failed (see errors), 2 bad usage",
@@ -128,7 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_shard,
         default=_env("SHARD", "0/1"),
         metavar="I/N",
-        help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
+        help="sweep only shard I of N, a slice of the key space (a Kubernetes Indexed Job runs one per pod)",
+    )
+    gc.add_argument(
+        "--list-concurrency",
+        type=_positive_int,
+        default=_env("LIST_CONCURRENCY", "4"),
+        metavar="N",
+        help="listers on disjoint key ranges at once in this shard (default 4)",
+    )
+    gc.add_argument(
+        "--full",
+        action="store_true",
+        default=_env_flag("FULL"),
+        help="read every object's metadata again instead of trusting the index of the last sweep",
+    )
+    gc.add_argument(
+        "--index",
+        metavar="URL",
+        default=_env("INDEX") or None,
+        help="where the GC keeps its index and key-range plan (default: ~gc-index/ under the base path)",
     )
     gc.add_argument(
         "--airflow-db",
@@ -181,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 when a finding is at this level or above (default error)",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _env(name: str, default: str = "") -> str:
@@ -249,6 +278,9 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
         dry_run=args.dry_run,
         concurrency=args.concurrency,
         shard=args.shard if isinstance(args.shard, tuple) else parse_shard(args.shard),
+        list_concurrency=args.list_concurrency,
+        full=args.full,
+        index_url=args.index,
         offload_grace=timedelta(seconds=args.offload_grace),
         batched_deletes=args.delete_mode == "batch",
         reconciler=reconciler,

@@ -389,7 +389,9 @@ class UnitCursor:
             return None
         return found[2]
 
-    async def record(self, key: str, etag: str | None, modified: datetime | None, metadata: ObjectMetadata | None) -> None:
+    async def record(
+        self, key: str, etag: str | None, modified: datetime | None, metadata: ObjectMetadata | None
+    ) -> None:
         """Count ``key`` in its unit and, with ``metadata`` (still current), index it."""
         while self._writing < len(self.units) - 1 and key not in self.units[self._writing]:
             await self._publish_one()

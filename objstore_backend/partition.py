@@ -40,8 +40,10 @@ class KeyRange:
     upto: str | None = None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and (self.after is None or key > self.after) and (
-            self.upto is None or key <= self.upto
+        return (
+            isinstance(key, str)
+            and (self.after is None or key > self.after)
+            and (self.upto is None or key <= self.upto)
         )
 
     def overlaps(self, other: KeyRange) -> bool:
@@ -65,8 +67,8 @@ def _between(bounds: Sequence[str]) -> list[KeyRange]:
 
 
 def unit_target(total_keys: int) -> int:
-    """Keys per unit for a bucket of ``total_keys``: about 256 units, 1,000 to 100,000 keys each."""
-    return max(1_000, min(100_000, total_keys // 256))
+    """Keys per unit for a bucket of ``total_keys``: about 256 units, 100 to 100,000 keys each."""
+    return max(100, min(100_000, total_keys // 256))
 
 
 def balanced_cuts(weights: Sequence[int], parts: int) -> list[int]:
@@ -102,7 +104,7 @@ class Plan:
     bounds: tuple[str, ...]
     weights: tuple[int, ...]
     observed: bool = False
-    part_size: int = 1_000
+    part_size: int = 250  # small until a sweep has counted: a discovered unit may be a huge DAG
     generation: int = 0
     previous: tuple[str, ...] | None = None
 
@@ -132,13 +134,12 @@ class Plan:
 
         With key counts for weights, each lister gets at least :data:`MIN_KEYS_PER_LISTER` keys:
         every listing costs a partial last page, which should stay small beside its full ones.
+        Without (a first sweep after a discovery), one lister: nothing tells how to split evenly.
         """
         if not units:
             return []
         weights = self.weights[units.start : units.stop]
-        listers = min(concurrency, len(units))
-        if self.observed:
-            listers = max(1, min(listers, sum(weights) // MIN_KEYS_PER_LISTER))
+        listers = max(1, min(concurrency, len(units), sum(weights) // MIN_KEYS_PER_LISTER)) if self.observed else 1
         cuts = balanced_cuts(weights, listers)
         groups = [range(units.start + cuts[k], units.start + cuts[k + 1]) for k in range(listers)]
         return [group for group in groups if group]
