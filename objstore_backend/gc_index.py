@@ -22,6 +22,7 @@ Stores whose listing carries the metadata (GCS) keep manifests with counts only,
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import logging
@@ -231,7 +232,13 @@ class SweepIndex:
         """
         if not self.writable:
             return
-        manifests = [await self.manifest(unit) for unit in plan.units]
+        reading = asyncio.Semaphore(16)
+
+        async def bounded(unit: KeyRange) -> list[_Part] | None:
+            async with reading:
+                return await self.manifest(unit)
+
+        manifests = await asyncio.gather(*(bounded(unit) for unit in plan.units))
         if any(parts is None for parts in manifests):
             return  # some units not swept yet (other shards still running, or failed)
         pieces = [(part.range, part.count) for parts in manifests for part in parts or []]

@@ -40,6 +40,9 @@ class Scanned:
     error: str | None = None
 
 
+EVERY_KEY = KeyRange()
+
+
 @dataclass
 class ScanCounts:
     """Requests a scan made: listing pages, metadata reads (HEADs), and reads the index spared."""
@@ -76,7 +79,7 @@ async def scan_pages(
     fs: Any,
     *,
     concurrency: int = 32,
-    key_range: KeyRange = KeyRange(),
+    key_range: KeyRange = EVERY_KEY,
     recall: Recall | None = None,
     counts: ScanCounts | None = None,
 ) -> AsyncIterator[list[Scanned]]:

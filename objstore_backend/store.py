@@ -659,7 +659,9 @@ class S3Transport(Transport):
         bucket = self._split(fs, prefix)[0]
         found: list[str] = []
         params: dict[str, str] = {}
-        for requests in range(1, max_pages + 1):
+        requests = 0
+        while requests < max_pages:
+            requests += 1
             page = await self._list_call(fs, prefix, Delimiter="/", **params)
             found += [f"{bucket}/{item['Prefix']}" for item in page.get("CommonPrefixes", [])]
             if not page.get("IsTruncated"):
@@ -834,7 +836,9 @@ class GCSTransport(Transport):
         bucket = fs.split_path(prefix)[0]
         found: list[str] = []
         params: dict[str, str] = {}
-        for requests in range(1, max_pages + 1):
+        requests = 0
+        while requests < max_pages:
+            requests += 1
             page = await self._list_call(fs, prefix, delimiter="/", **params)
             found += [f"{bucket}/{name}" for name in page.get("prefixes", [])]
             if "nextPageToken" not in page:
