@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         examples=[
             "gc --path s3://bucket/airflow/state/ --dry-run",
-            "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64",
+            "gc --json --shard $JOB_COMPLETION_INDEX/4 --concurrency 64 --list-concurrency 8",
             "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
         ],
         exit_status="exit status: 0 all went well, 1 some read, delete or reconciliation failed (see errors), "
@@ -249,7 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_option_type(parse_shard),
         default=_env_default("SHARD", (0, 1)),
         metavar="I/N",
-        help="sweep only shard I of N (a Kubernetes Indexed Job runs one per pod)",
+        help="sweep only shard I of N, a slice of the key space (a Kubernetes Indexed Job runs one per pod)",
+    )
+    gc.add_argument(
+        "--list-concurrency",
+        type=_option_type(_whole_number_at_least_1),
+        default=_env_default("LIST_CONCURRENCY", 4),
+        metavar="N",
+        help="listers on disjoint key ranges at once in this shard (default 4)",
+    )
+    _flag(
+        gc, "--full", env="FULL", help="read every object's metadata again instead of trusting the last sweep's index"
+    )
+    gc.add_argument(
+        "--index",
+        metavar="URL",
+        type=_option_type(_store_path),
+        default=_env_default("INDEX", None),
+        help="where the GC keeps its index and key-range plan (default: ~gc-index/ under the base path)",
     )
     gc.add_argument(
         "--airflow-db",
@@ -430,6 +447,9 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
         dry_run=args.dry_run,
         concurrency=args.concurrency,
         shard=args.shard,
+        list_concurrency=args.list_concurrency,
+        full=args.full,
+        index_url=args.index or None,
         offload_grace=timedelta(seconds=args.offload_grace),
         batched_deletes=args.delete_mode == "batch",
         reconciler=args.reconciler,

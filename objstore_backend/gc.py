@@ -24,8 +24,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from objstore_backend.errors import MetadataDBError
+from objstore_backend.gc_index import SweepIndex, UnitCursor
 from objstore_backend.layout import Location
-from objstore_backend.scan import Scanned, scan_pages
+from objstore_backend.scan import ScanCounts, Scanned, scan_pages
 from objstore_backend.store import CHANGED, GONE, ObjectStore
 
 __all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc"]
@@ -50,6 +51,12 @@ class GCOptions:
     dry_run: bool = False
     concurrency: int = 32
     shard: tuple[int, int] = (0, 1)
+    #: Listers on disjoint key ranges at once, within this shard.
+    list_concurrency: int = 4
+    #: Read every object's metadata again, whatever the index knows (the index is rewritten).
+    full: bool = False
+    #: Where the index lives (any fsspec URL); ``None``: under the base's reserved prefix.
+    index_url: str | None = None
     offload_grace: timedelta = timedelta(hours=1)
     #: False: one conditional DeleteObject per key, for S3-compatible servers that ignore
     #: the ETag condition inside DeleteObjects (AWS S3 honours it).
@@ -60,6 +67,8 @@ class GCOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.list_concurrency < 1:
+            raise ValueError(f"list concurrency must be >= 1, got {self.list_concurrency}")
         index, count = self.shard
         if not 0 <= index < count:
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
@@ -83,6 +92,11 @@ class GCReport:
     abandoned_temp_files: int = 0  # of writers killed mid-write (local disk): removed, or counted in a dry run
     errors: int = 0
     bytes_deleted: int = 0
+    list_requests: int = 0  # listing pages requested (discovery included)
+    metadata_reads: int = 0  # HEADs (S3) or header reads (local disk)
+    index_hits: int = 0  # objects decided from the index, not read again
+    index_damaged: int = 0  # index documents or parts found damaged or foreign: full pass there
+    ranges: int = 0  # key ranges this shard listed (one lister each)
     seconds: float = 0.0
     dry_run: bool = False
     shard: str = "0/1"
@@ -117,8 +131,12 @@ class _Sweep:
     options: GCOptions
     report: GCReport
     progress: Callable[[int], None]
+    index: SweepIndex
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     db_failed: bool = False  # Airflow's DB could not be read: reconciliation is off for this sweep
+    counts: ScanCounts = field(default_factory=ScanCounts)
+    #: One reconciler call at a time: its cache is not shared across threads.
+    reconciling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def offload_is_orphan(self, found: Scanned) -> bool:
         reconciler, modified = self.options.reconciler, found.entry.modified
@@ -130,7 +148,8 @@ class _Sweep:
             self.report.offload_unchecked += 1
             return False
         try:
-            return not await asyncio.to_thread(reconciler.is_referenced, found.location, found.entry.path)
+            async with self.reconciling:
+                return not await asyncio.to_thread(reconciler.is_referenced, found.location, found.entry.path)
         except MetadataDBError as exc:
             self.db_failed = True
             self.report.offload_unchecked += 1
@@ -168,16 +187,17 @@ class _Sweep:
         report.live += 1
         return False
 
-    async def delete(self, fs: Any, due: list[Scanned]) -> None:
+    async def delete(self, fs: Any, due: list[Scanned]) -> set[str]:
+        """Delete what is due; the full paths of the objects that are gone or changed since."""
         report = self.report
         if not due:
-            return
+            return set()
         if self.options.dry_run:
             for found in due:
                 logger.info("gc: would delete %s", found.entry.path)
                 if len(report.would_delete) < 100:
                     report.would_delete.append(found.entry.path)
-            return
+            return set()
         failures = dict(
             await self.store.transport.delete_batch(
                 fs,
@@ -186,8 +206,11 @@ class _Sweep:
                 concurrency=self.options.concurrency,
             )
         )
+        outdated = set()
         for found in due:
             reason = failures.get(found.full_path)
+            if reason in (None, CHANGED, GONE):
+                outdated.add(found.full_path)
             if reason is None:
                 report.deleted += 1
                 report.bytes_deleted += found.entry.size
@@ -197,14 +220,39 @@ class _Sweep:
                 logger.debug("gc: kept %s (%s)", found.entry.path, reason)
             else:
                 report._error(f"deleting {found.entry.path}: {reason}")
+        return outdated
+
+    async def sweep_range(self, fs: Any, cursor: UnitCursor) -> None:
+        """List one key range and sweep it, recalling and recording the index as it goes."""
+        pages = scan_pages(
+            self.store,
+            fs,
+            concurrency=self.options.concurrency,
+            key_range=cursor.range,
+            recall=cursor.recall,
+            counts=self.counts,
+        )
+        try:
+            async for page in pages:
+                due = [found for found in page if await self.is_due(found)]
+                self.report.scanned += len(page)
+                outdated = await self.delete(fs, due)
+                for found in page:
+                    current = found.metadata if found.full_path not in outdated else None
+                    await cursor.record(found.entry.path, found.entry.version, found.entry.modified, current)
+                self.progress(len(page))
+            await cursor.close()
+        except OSError as exc:  # this range's listing (or its index) failed: the other ranges go on
+            self.report._error(f"listing {self.store.display_path(cursor.range.after or '')}...: {exc!r}")
 
     async def run(self, fs: Any) -> None:
-        pages = scan_pages(self.store, fs, concurrency=self.options.concurrency, shard=self.options.shard)
-        async for page in pages:
-            due = [found for found in page if await self.is_due(found)]
-            self.report.scanned += len(page)
-            await self.delete(fs, due)
-            self.progress(len(page))
+        plan, discovery_requests = await self.index.plan(self.store, fs)
+        self.counts.list_requests += discovery_requests
+        listers = plan.lister_groups(plan.shard_units(*self.options.shard), self.options.list_concurrency)
+        self.report.ranges = len(listers)
+        await asyncio.gather(*(self.sweep_range(fs, self.index.cursor(plan, units)) for units in listers))
+        if not self.report.errors:
+            await self.index.settle(plan)
         if self.options.shard[0] == 0:  # one walk of the whole store, not one per shard
             self.report.abandoned_temp_files = await self.store.transport.remove_abandoned(
                 fs, self.store.full_path(""), self.now - ABANDONED_AFTER, dry_run=self.options.dry_run
@@ -218,14 +266,26 @@ def run_gc(
     options = options or GCOptions()
     index, count = options.shard
     report = GCReport(dry_run=options.dry_run, shard=f"{index}/{count}")
-    sweep = _Sweep(store, options, report, progress or (lambda _: None))
+
+    def damaged(message: str) -> None:
+        report.index_damaged += 1
+        if len(report.error_samples) < _MAX_ERROR_SAMPLES:
+            report.error_samples.append(f"index (not an error, a full pass there): {message}")
+
+    sweep_index = SweepIndex.for_store(
+        store, options.index_url, full=options.full, writable=not options.dry_run, on_damage=damaged
+    )
+    sweep = _Sweep(store, options, report, progress or (lambda _: None), sweep_index)
     if options.now is not None:
         sweep.now = options.now
     started = time.monotonic()
     try:
         store._run(sweep.run)
-    except OSError as exc:  # the listing itself failed: nothing more can be done
+    except OSError as exc:  # the plan or the discovery failed: nothing more can be done
         report._error(f"listing {store.url}: {exc!r}")
+    report.list_requests = sweep.counts.list_requests
+    report.metadata_reads = sweep.counts.metadata_reads
+    report.index_hits = sweep.counts.index_hits
     report.seconds = round(time.monotonic() - started, 3)
     logger.info("gc: %s", {k: v for k, v in report.as_dict().items() if k not in ("would_delete",)})
     return report

@@ -26,11 +26,13 @@ from urllib.parse import quote, unquote
 __all__ = [
     "LAYOUT_VERSION",
     "MAX_SEGMENT_BYTES",
+    "RESERVED_PREFIX",
     "Location",
     "ScopeKind",
     "decode_segment",
     "encode_segment",
     "is_hashed",
+    "is_reserved",
     "object_path",
     "parse",
     "scope_prefix",
@@ -44,6 +46,11 @@ LAYOUT_VERSION = 1
 #: every file name under the 255-byte limit of local filesystems.
 MAX_SEGMENT_BYTES = 160
 MAX_BASE_KEY_BYTES = 150
+
+#: Where the GC keeps its index and key-range plan, under the base. No state path starts with
+#: it (state paths start with ``task/`` or ``asset/``, and an escaped segment never starts with
+#: ``~``): the GC, the audit, ``ls`` and clears skip it, and it is never reported as foreign.
+RESERVED_PREFIX = "~gc-index/"
 
 # Characters left as they are; everything else, "~" included, is percent-encoded, so a
 # "~" in a segment can only come from hashing and an escaped segment is pure ASCII.
@@ -82,6 +89,11 @@ class Location:
 def is_hashed(segment: str) -> bool:
     """True for a segment too long to keep whole: its id cannot be recovered from the path."""
     return _HASHED.match(segment) is not None
+
+
+def is_reserved(path: str) -> bool:
+    """True for a path (relative to the base) under :data:`RESERVED_PREFIX`: the GC's, not state."""
+    return path.startswith(RESERVED_PREFIX)
 
 
 def encode_segment(value: str) -> str:

@@ -41,7 +41,7 @@ from fsspec.core import split_protocol
 
 from objstore_backend.codec import check_json_document, decompress
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StoreAccessDenied, StoreError
-from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES
+from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES, is_reserved
 
 try:  # POSIX: writers and the GC's conditional delete on the local disk agree through flock
     import fcntl
@@ -374,8 +374,19 @@ class Transport(ABC):
         """The metadata alone, or ``None`` if there is no such object."""
 
     @abstractmethod
-    def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
-        """The objects under ``prefix`` (which ends in ``/``), a page at a time, paths full."""
+    def list_pages(
+        self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
+    ) -> AsyncIterator[list[ListedObject]]:
+        """The objects under ``prefix`` (which ends in ``/``), a page at a time, paths full, in key order.
+
+        With ``start_after`` / ``end_at`` (full paths), only those with ``start_after < path <= end_at``:
+        one slice of the key space (the GC's shards and listers, see :mod:`objstore_backend.partition`).
+        """
+
+    @abstractmethod
+    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+        """The "directories" right under ``prefix`` (full paths ending in ``/``), at most ``max_pages``
+        pages of them, and the listing requests that took (the GC's split-point discovery)."""
 
     @abstractmethod
     async def delete_batch(
@@ -658,27 +669,52 @@ class S3Transport(Transport):
 
         await self.attempt("deleting", path, delete_object)
 
-    async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
+    async def _list_call(self, fs: Any, prefix: str, **params: Any) -> Any:
         bucket, key_prefix = self._split(fs, prefix)
-        token: dict[str, str] = {}
 
         async def list_page() -> Any:
             try:
                 return await self._call(
-                    fs, "list_objects_v2", Bucket=bucket, Prefix=key_prefix, MaxKeys=S3_DELETE_BATCH, **token
+                    fs, "list_objects_v2", Bucket=bucket, Prefix=key_prefix, MaxKeys=S3_DELETE_BATCH, **params
                 )
             except FileNotFoundError as exc:
                 self._reraise(exc, bucket)
 
+        return await self.attempt("listing", prefix, list_page)
+
+    async def list_pages(
+        self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
+    ) -> AsyncIterator[list[ListedObject]]:
+        bucket = self._split(fs, prefix)[0]
+        # StartAfter starts the listing at the slice; the slice ends where the next one starts.
+        params = {"StartAfter": self._split(fs, start_after)[1]} if start_after else {}
+        last = None if end_at is None else self._split(fs, end_at)[1]
         while True:
-            page = await self.attempt("listing", prefix, list_page)
+            page = await self._list_call(fs, prefix, **params)
+            items = page.get("Contents", [])
+            past_end = last is not None and bool(items) and items[-1]["Key"] > last
             yield [
                 ListedObject(f"{bucket}/{item['Key']}", item["Size"], item.get("ETag"), None, item["LastModified"])
-                for item in page.get("Contents", [])
+                for item in items
+                if last is None or item["Key"] <= last
             ]
-            if not page.get("IsTruncated"):
+            if past_end or not page.get("IsTruncated"):
                 return
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+            params = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+        bucket = self._split(fs, prefix)[0]
+        found: list[str] = []
+        params: dict[str, str] = {}
+        requests = 0
+        while requests < max_pages:
+            requests += 1
+            page = await self._list_call(fs, prefix, Delimiter="/", **params)
+            found += [f"{bucket}/{item['Prefix']}" for item in page.get("CommonPrefixes", [])]
+            if not page.get("IsTruncated"):
+                break
+            params = {"ContinuationToken": page["NextContinuationToken"]}
+        return found, requests
 
     _REASONS = {"PreconditionFailed": CHANGED, "NoSuchKey": GONE}
 
@@ -814,20 +850,32 @@ class GCSTransport(Transport):
 
         await self.attempt("deleting", path, delete_object)
 
-    async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
+    async def _list_call(self, fs: Any, prefix: str, **params: Any) -> Any:
         bucket, key_prefix, _ = fs.split_path(prefix)
-        token: dict[str, str] = {}
 
         async def list_page() -> Any:
             try:
                 return await fs._call(
-                    "GET", "b/{}/o", bucket, prefix=key_prefix, maxResults=1000, json_out=True, **token
+                    "GET", "b/{}/o", bucket, prefix=key_prefix, maxResults=1000, json_out=True, **params
                 )
             except FileNotFoundError as exc:  # listing a missing bucket
                 raise BucketNotFoundError(f"bucket {bucket!r} does not exist") from exc
 
+        return await self.attempt("listing", prefix, list_page)
+
+    async def list_pages(
+        self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
+    ) -> AsyncIterator[list[ListedObject]]:
+        bucket = fs.split_path(prefix)[0]
+        first = None if start_after is None else fs.split_path(start_after)[1]
+        last = None if end_at is None else fs.split_path(end_at)[1]
+        # startOffset is inclusive (the key equal to it belongs to the slice before); endOffset is
+        # exclusive while a slice's end is inclusive: the listing stops at the first key past it.
+        params = {"startOffset": first} if first else {}
         while True:
-            page = await self.attempt("listing", prefix, list_page)
+            page = await self._list_call(fs, prefix, **params)
+            items = page.get("items", [])
+            past_end = last is not None and bool(items) and items[-1]["name"] > last
             yield [
                 ListedObject(
                     f"{bucket}/{item['name']}",
@@ -836,11 +884,26 @@ class GCSTransport(Transport):
                     item.get("metadata", {}),
                     parse_time(item["updated"]) if "updated" in item else None,
                 )
-                for item in page.get("items", [])
+                for item in items
+                if (first is None or item["name"] > first) and (last is None or item["name"] <= last)
             ]
-            if "nextPageToken" not in page:
+            if past_end or "nextPageToken" not in page:
                 return
-            token = {"pageToken": page["nextPageToken"]}
+            params = {**params, "pageToken": page["nextPageToken"]}
+
+    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+        bucket = fs.split_path(prefix)[0]
+        found: list[str] = []
+        params: dict[str, str] = {}
+        requests = 0
+        while requests < max_pages:
+            requests += 1
+            page = await self._list_call(fs, prefix, delimiter="/", **params)
+            found += [f"{bucket}/{name}" for name in page.get("prefixes", [])]
+            if "nextPageToken" not in page:
+                break
+            params = {"pageToken": page["nextPageToken"]}
+        return found, requests
 
     def batch_supported(self, fs: Any) -> bool:
         """Real GCS takes batch requests; emulators answer their items with errors."""
@@ -973,12 +1036,23 @@ class EnvelopeTransport(Transport):
         except FileNotFoundError:
             pass
 
-    def _list(self, fs: Any, prefix: str) -> list[ListedObject]:
+    def _list(self, fs: Any, prefix: str, start_after: str | None, end_at: str | None) -> list[ListedObject]:
         try:
             found = fs.find(prefix, detail=True)
         except FileNotFoundError:
             return []
-        return [ListedObject(p, int(info.get("size", 0)), None, None) for p, info in sorted(found.items())]
+        return [
+            ListedObject(p, int(info.get("size", 0)), None, None)
+            for p, info in sorted(found.items())
+            if _in_slice(p, start_after, end_at)
+        ]
+
+    def _list_prefixes(self, fs: Any, prefix: str) -> list[str]:
+        try:
+            found = fs.ls(prefix, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(info["name"].rstrip("/") + "/" for info in found if info.get("type") == "directory")
 
     # The filesystem is local (disk or memory): nothing to retry, but errors are translated alike.
 
@@ -997,10 +1071,18 @@ class EnvelopeTransport(Transport):
     async def delete(self, fs: Any, path: str) -> None:
         await self.attempt("deleting", path, lambda: asyncio.to_thread(self._delete, fs, path))
 
-    async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
-        entries = await self.attempt("listing", prefix, lambda: asyncio.to_thread(self._list, fs, prefix))
+    async def list_pages(
+        self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
+    ) -> AsyncIterator[list[ListedObject]]:
+        entries = await self.attempt(
+            "listing", prefix, lambda: asyncio.to_thread(self._list, fs, prefix, start_after, end_at)
+        )
         for start in range(0, len(entries), S3_DELETE_BATCH):
             yield entries[start : start + S3_DELETE_BATCH]
+
+    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+        found = await self.attempt("listing", prefix, lambda: asyncio.to_thread(self._list_prefixes, fs, prefix))
+        return found, 1
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
         self._delete(fs, path)
@@ -1114,19 +1196,28 @@ class LocalTransport(EnvelopeTransport):
         self._unlink(path)
         self._prune(os.path.dirname(path))
 
-    def _list(self, fs: Any, prefix: str) -> list[ListedObject]:
+    def _list(self, fs: Any, prefix: str, start_after: str | None, end_at: str | None) -> list[ListedObject]:
         entries = []
         for directory, dirs, files in os.walk(prefix.rstrip("/") or "/"):
-            dirs.sort()
+            # only the directories whose subtree can hold keys of the slice are walked
+            dirs[:] = sorted(d for d in dirs if _may_hold_slice(os.path.join(directory, d) + "/", start_after, end_at))
             for name in sorted(files):
-                if name.startswith("~"):
-                    continue
                 full = os.path.join(directory, name)
+                if name.startswith("~") or not _in_slice(full, start_after, end_at):
+                    continue
                 with _suppress_os_error():
                     stat = os.stat(full)
                     modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
                     entries.append(ListedObject(full, stat.st_size, self._version(full, stat), None, modified))
+        entries.sort(key=lambda entry: entry.path)  # key order, as object stores list
         return entries
+
+    def _list_prefixes(self, fs: Any, prefix: str) -> list[str]:
+        try:
+            with os.scandir(prefix) as found:
+                return sorted(os.path.join(prefix, e.name) + "/" for e in found if e.is_dir() and e.name[0] != "~")
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     async def remove_abandoned(self, fs: Any, prefix: str, before: datetime, *, dry_run: bool) -> int:
         return await asyncio.to_thread(self._remove_abandoned, prefix, before.timestamp(), dry_run)
@@ -1214,6 +1305,19 @@ def _directory_lock(directory: str, *, exclusive: bool) -> Iterator[bool]:
         yield True
     finally:
         os.close(descriptor)
+
+
+def _in_slice(path: str, start_after: str | None, end_at: str | None) -> bool:
+    return (start_after is None or path > start_after) and (end_at is None or path <= end_at)
+
+
+def _may_hold_slice(directory: str, start_after: str | None, end_at: str | None) -> bool:
+    """Whether some path under ``directory`` (ending in ``/``) can fall in the slice."""
+    if end_at is not None and directory > end_at:
+        return False  # every path under it is past the end
+    # the largest path under it starts with the directory, then anything: below the start only
+    # if the start is past every such path (it starts with the directory and nothing sorts after)
+    return start_after is None or start_after < directory or start_after.startswith(directory)
 
 
 class _suppress_os_error:
@@ -1518,7 +1622,10 @@ class ObjectStore:
         return await self._arun(self._clear_prefix, relative_prefix)
 
     def iter_objects(self, relative_prefix: str = "") -> Iterator[ListedObject]:
-        """Stream the objects under a prefix, paths relative to the base, a page in memory."""
+        """Stream the objects under a prefix, paths relative to the base, a page in memory.
+
+        The GC's index (under :data:`~objstore_backend.layout.RESERVED_PREFIX`) is no object of the store's.
+        """
         pages = self.transport.list_pages(self.fs, self.full_path(relative_prefix))
         loop = self.fs.loop if self.transport.is_async else fsspec.asyn.get_loop()
         while True:
@@ -1527,7 +1634,9 @@ class ObjectStore:
             except StopAsyncIteration:
                 return
             for entry in page:
-                yield ListedObject(self.relative(entry.path), entry.size, entry.version, entry.metadata, entry.modified)
+                relative = self.relative(entry.path)
+                if not is_reserved(relative):
+                    yield ListedObject(relative, entry.size, entry.version, entry.metadata, entry.modified)
 
 
 def _decompress(body: Body, path: str) -> Body:

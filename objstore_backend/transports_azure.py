@@ -293,24 +293,36 @@ class AzureTransport(Transport):
     async def delete(self, fs: Any, path: str) -> None:
         await self._delete_blob(fs, path)  # missing is fine
 
-    async def list_pages(self, fs: Any, prefix: str) -> AsyncIterator[list[ListedObject]]:
+    async def _list_page(
+        self, fs: Any, prefix: str, token: str | None, delimiter: str | None = None
+    ) -> tuple[list[Any], str | None]:
+        """One List Blobs request (``delimiter``: blob prefixes too) and its continuation token."""
         container, key_prefix = self._split(fs, prefix)
         client = fs.service_client.get_container_client(container)
-        token: str | None = None
 
         async def list_page() -> tuple[list[Any], str | None]:
-            pages = client.list_blobs(
-                name_starts_with=key_prefix,
-                include=["metadata"],
-                results_per_page=LIST_PAGE,
-                **self._request_options(fs),
-            ).by_page(continuation_token=token)
+            options = {"name_starts_with": key_prefix, "results_per_page": LIST_PAGE, **self._request_options(fs)}
+            blobs = (
+                client.walk_blobs(delimiter=delimiter, **options)
+                if delimiter
+                else client.list_blobs(include=["metadata"], **options)
+            )
+            pages = blobs.by_page(continuation_token=token)
             page = await _call(container, pages.__anext__())  # the one request of this page
             return [blob async for blob in page], pages.continuation_token
 
+        return await self.attempt("listing", prefix, list_page)
+
+    async def list_pages(
+        self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
+    ) -> AsyncIterator[list[ListedObject]]:
+        """Azure's listing cannot start at a key (its marker is opaque): a slice is listed from the
+        prefix's start and cut here, stopping at the first page past its end."""
+        container = self._split(fs, prefix)[0]
+        token: str | None = None
         while True:
-            blobs, token = await self.attempt("listing", prefix, list_page)
-            yield [
+            blobs, token = await self._list_page(fs, prefix, token)
+            listed = [
                 ListedObject(
                     f"{container}/{blob.name}",
                     int(blob.size),
@@ -320,8 +332,28 @@ class AzureTransport(Transport):
                 )
                 for blob in blobs
             ]
-            if not token:
+            yield [
+                entry
+                for entry in listed
+                if (start_after is None or entry.path > start_after) and (end_at is None or entry.path <= end_at)
+            ]
+            if not token or (end_at is not None and listed and listed[-1].path > end_at):
                 return
+
+    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+        from azure.storage.blob.aio import BlobPrefix
+
+        container = self._split(fs, prefix)[0]
+        found: list[str] = []
+        token: str | None = None
+        requests = 0
+        while requests < max_pages:
+            requests += 1
+            items, token = await self._list_page(fs, prefix, token, delimiter="/")
+            found += [f"{container}/{item.name}" for item in items if isinstance(item, BlobPrefix)]
+            if not token:
+                break
+        return found, requests
 
     def _sync_service(self, fs: Any) -> Any | None:
         """The SDK's synchronous service client with adlfs's credentials, or None without a usable one.

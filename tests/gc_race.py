@@ -15,10 +15,10 @@ def gc_racing_a_rewrite(backend: ObjectStoreBackend, scope: Any, key: str, optio
     """Run the GC once; just before its delete, ``key`` is rewritten with ``"new"`` and a live expiry."""
     original_delete = _Sweep.delete
 
-    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list[Any]) -> None:
+    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list[Any]) -> set[str]:
         live = ObjectMetadata("primary", datetime.now(timezone.utc) + timedelta(days=1))
         await self.store.awrite(object_path(scope, key), b'"new"', live)
-        await original_delete(self, fs, due)
+        return await original_delete(self, fs, due)
 
     _Sweep.delete = rewrite_then_delete  # type: ignore[method-assign]
     try:

@@ -143,9 +143,9 @@ def test_a_key_rewritten_with_the_same_value_between_check_and_delete_survives(
     backend.set(scope, "k", '"running"', expires_at=PAST)
     original_delete = _Sweep.delete
 
-    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list) -> None:
+    async def rewrite_then_delete(self: _Sweep, fs: Any, due: list) -> set[str]:
         await backend.aset(scope, "k", '"running"', expires_at=FUTURE)  # same value, fresh expiry
-        await original_delete(self, fs, due)
+        return await original_delete(self, fs, due)
 
     try:
         _Sweep.delete = rewrite_then_delete  # type: ignore[method-assign]
@@ -242,9 +242,9 @@ def test_gc_against_live_writers_loses_no_live_key(where: str, request: pytest.F
 
     original_delete = _Sweep.delete
 
-    async def slow_delete(self: _Sweep, fs: Any, due: list) -> None:
+    async def slow_delete(self: _Sweep, fs: Any, due: list) -> set[str]:
         await asyncio.sleep(0.15)  # widen the window between the GC's check and its delete
-        await original_delete(self, fs, due)
+        return await original_delete(self, fs, due)
 
     totals: Counter[str] = Counter()
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]

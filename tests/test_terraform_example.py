@@ -32,6 +32,7 @@ STATE_PREFIX = "${var.state_prefix}"
 S3_BUCKET_ARN = "${aws_s3_bucket.state.arn}"
 S3_STATE_OBJECTS_ARN = f"{S3_BUCKET_ARN}/{STATE_PREFIX}*"
 KMS_KEY_ARN = "${aws_kms_key.state.arn}"
+S3_GC_INDEX_ARN = f"{S3_BUCKET_ARN}/{STATE_PREFIX}~gc-index/*"
 
 
 # --- HCL helpers ---------------------------------------------------------------
@@ -274,7 +275,9 @@ def test_iam_statement_resources_stay_under_the_prefix(role: str) -> None:
         actions = statement["actions"]
         assert not any("*" in a for a in actions), actions
         for resource in statement["resources"]:
-            if resource == S3_STATE_OBJECTS_ARN:
+            if resource == S3_GC_INDEX_ARN:  # the GC's index: written by the GC alone
+                assert role == "gc" and actions == ["s3:PutObject"], (role, actions)
+            elif resource == S3_STATE_OBJECTS_ARN:
                 assert resource.endswith(f"/{STATE_PREFIX}*")
                 assert all(a.startswith("s3:") and "Bucket" not in a for a in actions)
             elif resource == S3_BUCKET_ARN:
@@ -317,8 +320,15 @@ def test_iam_actions_per_role_are_least_privilege() -> None:
         "kms:Decrypt",
         "kms:GenerateDataKey",
     }
-    # The GC lists, HEADs (s3:GetObject) and deletes; it cannot write or decrypt.
-    assert iam_actions("gc") == {"s3:ListBucket", "s3:GetObject", "s3:DeleteObject"}
+    # The GC lists, HEADs (s3:GetObject) and deletes; it writes only its index (~gc-index/).
+    assert iam_actions("gc") == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:PutObject",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+    }
     audit = iam_actions("audit")
     assert audit >= {
         "s3:ListBucket",

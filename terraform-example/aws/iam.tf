@@ -115,8 +115,14 @@ data "aws_iam_policy_document" "airflow" {
 }
 
 # GC: lists the prefix, HEADs each object for its expiry metadata (s3:GetObject
-# covers HEAD), deletes the expired ones. HEAD and DELETE never decrypt, so the
-# GC has no KMS permission: it cannot read a single state value.
+# covers HEAD), deletes the expired ones, and keeps an index of what it learnt
+# under <state_prefix>~gc-index/ (written and read back each night, so the next
+# run HEADs only what changed). Writing and reading the index through the
+# bucket's KMS key needs kms:GenerateDataKey and kms:Decrypt; with the S3 Bucket
+# Key on, KMS sees the bucket, not the object, so that grant cannot be narrowed
+# to the index prefix. A deployment that wants the GC unable to decrypt state
+# values points `--index` at a bucket encrypted with SSE-S3 and drops the
+# UseStateKeyForTheIndex statement.
 data "aws_iam_policy_document" "gc" {
   statement {
     sid       = "ListStatePrefix"
@@ -137,6 +143,27 @@ data "aws_iam_policy_document" "gc" {
       "s3:DeleteObject",
     ]
     resources = ["${aws_s3_bucket.state.arn}/${var.state_prefix}*"]
+  }
+
+  statement {
+    sid       = "WriteGCIndex"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.state.arn}/${var.state_prefix}~gc-index/*"]
+  }
+
+  statement {
+    sid = "UseStateKeyForTheIndex"
+    actions = [
+      "kms:Decrypt",
+      "kms:GenerateDataKey",
+    ]
+    resources = [aws_kms_key.state.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.s3_service]
+    }
   }
 }
 

@@ -1,0 +1,422 @@
+"""The GC's index: what the last sweep learnt of each object, so the next one reads only what changed.
+
+S3 listings carry no user metadata, so a sweep without memory HEADs every object, every night.
+Every write of this package has a unique ETag (see ``S3Transport._with_nonce``), so an object
+listed with the ETag and last-modified time the index recorded still has the metadata the index
+recorded: the sweep HEADs only objects that are new or rewritten. An entry is trusted for nothing
+else, so an old, partial or concurrent index costs HEADs, never a wrong delete.
+
+Layout, under the base's :data:`~objstore_backend.layout.RESERVED_PREFIX` (or ``--index``)::
+
+    plan.json                    the units (key ranges) and their weights: objstore_backend.partition
+    units/<id>.json              one unit's manifest: its parts (key range, keys, object, sha256)
+    units/<id>/<token>-<n>.gz    a part: sorted lines "key<TAB>etag<TAB>modified<TAB>mode<TAB>expires"
+
+Each unit is read as a stream merged with the sorted listing (one part in memory at a time), and
+written part by part, then published by one write of its manifest: atomic per unit. Documents
+carry a format, a version, the base they describe and a sha256; a part's sha256 is in its
+manifest. Anything missing, foreign or damaged is reported and that unit gets a full pass.
+
+Stores whose listing carries the metadata (GCS) keep manifests with counts only, for the plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from objstore_backend.errors import CorruptObjectError
+from objstore_backend.layout import RESERVED_PREFIX
+from objstore_backend.partition import KeyRange, Plan, discover, rebalance, unit_target
+from objstore_backend.store import ObjectMetadata, ObjectStore, S3Transport, Transport
+
+__all__ = ["IndexDamaged", "IndexLocation", "SweepIndex", "UnitCursor"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "objstore-backend-gc-index"
+VERSION = 1
+_MODES = {("primary", False): "P", ("offload", False): "O", ("offload", True): "A", ("primary", True): "Q"}
+_FROM_MODE = {code: mode for mode, code in _MODES.items()}
+
+
+class IndexDamaged(Exception):
+    """An index document or part that is not what this version wrote, for this base."""
+
+
+def _millis(moment: datetime | None) -> int:
+    return -1 if moment is None else int(moment.timestamp() * 1000)
+
+
+def _line(key: str, etag: str, modified: int, metadata: ObjectMetadata) -> bytes:
+    expires = "" if metadata.expires_at is None else str(_millis(metadata.expires_at))
+    return f"{key}\t{etag}\t{modified}\t{_MODES[metadata.mode, metadata.adopted]}\t{expires}\n".encode()
+
+
+def _parse_line(line: bytes) -> tuple[str, str, int, ObjectMetadata]:
+    key, etag, modified, mode, expires = line.decode().split("\t")
+    kind, adopted = _FROM_MODE[mode]
+    expires_at = datetime.fromtimestamp(int(expires) / 1000, timezone.utc) if expires else None
+    return key, etag, int(modified), ObjectMetadata(kind, expires_at, adopted)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class IndexLocation:
+    """Where a store's index lives: a prefix (full path ending in ``/``) on some store."""
+
+    transport: Transport
+    fs: Any
+    root: str
+    base: str  # the URL of the store it describes: an index of another base is foreign
+
+    @classmethod
+    def for_store(cls, store: ObjectStore, url: str | None = None) -> IndexLocation:
+        """Under the store's reserved prefix, or at ``url`` (same storage options)."""
+        if url is None:
+            return cls(store.transport, store.fs, store.full_path(RESERVED_PREFIX), store.url)
+        elsewhere = ObjectStore(url, {**store.storage_options, "retry": store.retry})
+        return cls(elsewhere.transport, elsewhere.fs, elsewhere.full_path(""), store.url)
+
+    async def read_document(self, name: str, kind: str) -> dict[str, Any] | None:
+        """A document's body; ``None`` if there is none; :class:`IndexDamaged` if it is not ours."""
+        try:
+            found = await self.transport.read(self.fs, self.root + name)
+        except CorruptObjectError as exc:
+            raise IndexDamaged(f"{name}: {exc}") from exc
+        if found is None:
+            return None
+        try:
+            document = orjson.loads(bytes(found[0]))
+            body = document["body"]
+            intact = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            header = (document["format"], document["version"], document["kind"], document["base"])
+            sha256 = document["sha256"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise IndexDamaged(f"{name}: unreadable ({exc!r})") from exc
+        if header != (FORMAT, VERSION, kind, self.base):
+            raise IndexDamaged(f"{name}: written for {header}, not ({FORMAT!r}, {VERSION}, {kind!r}, {self.base!r})")
+        if intact != sha256:
+            raise IndexDamaged(f"{name}: checksum mismatch")
+        if not isinstance(body, dict):
+            raise IndexDamaged(f"{name}: unreadable body")
+        return body
+
+    async def write_document(self, name: str, kind: str, body: dict[str, Any]) -> None:
+        sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        document = {"format": FORMAT, "version": VERSION, "kind": kind, "base": self.base, "sha256": sha256}
+        await self.transport.write(self.fs, self.root + name, orjson.dumps({**document, "body": body}), {})
+
+    async def read_part(self, name: str, sha256: str) -> bytes:
+        try:
+            found = await self.transport.read(self.fs, self.root + name)
+            data = gzip.decompress(bytes(found[0])) if found is not None else None
+        except (CorruptObjectError, OSError, EOFError) as exc:
+            if not isinstance(exc, (CorruptObjectError, EOFError, gzip.BadGzipFile)):
+                raise
+            raise IndexDamaged(f"{name}: unreadable ({exc})") from exc
+        if data is None:
+            raise IndexDamaged(f"{name}: missing")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise IndexDamaged(f"{name}: checksum mismatch")
+        return data
+
+    async def write_part(self, name: str, data: bytes) -> str:
+        await self.transport.write(self.fs, self.root + name, gzip.compress(data, compresslevel=1, mtime=0), {})
+        return hashlib.sha256(data).hexdigest()
+
+    async def delete(self, names: list[str]) -> None:
+        for start in range(0, len(names), 1000):
+            chunk = names[start : start + 1000]
+            failures = await self.transport.delete_batch(self.fs, [(self.root + n, None) for n in chunk])
+            for path, reason in failures:
+                logger.info("gc index: could not delete %s: %s", path, reason)
+
+
+def _manifest_name(unit: KeyRange) -> str:
+    return f"units/{unit.ident}.json"
+
+
+@dataclass
+class _Part:
+    range: KeyRange
+    count: int
+    name: str | None
+    sha256: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"range": self.range.as_list(), "count": self.count, "name": self.name, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _Part:
+        after, upto = data["range"]
+        return cls(KeyRange(after, upto), int(data["count"]), data["name"], data["sha256"])
+
+
+def _parts(body: dict[str, Any], unit: KeyRange, name: str) -> list[_Part]:
+    try:
+        if KeyRange(*body["range"]) != unit:
+            raise IndexDamaged(f"{name}: describes {body['range']}, not {unit.as_list()}")
+        return [_Part.from_dict(part) for part in body["parts"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexDamaged(f"{name}: unreadable parts ({exc!r})") from exc
+
+
+@dataclass
+class SweepIndex:
+    """One sweep's use of the index: the plan, a cursor per lister, and tidying up after.
+
+    ``entries``: keep per-object lines (S3); else only counts. ``full``: recall nothing (every
+    object is read again). ``writable``: False for a dry run, which writes nothing.
+    """
+
+    location: IndexLocation
+    entries: bool
+    full: bool = False
+    writable: bool = True
+    on_damage: Callable[[str], None] = lambda message: None
+    _token: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @classmethod
+    def for_store(cls, store: ObjectStore, url: str | None = None, **options: Any) -> SweepIndex:
+        location = IndexLocation.for_store(store, url)
+        return cls(location, entries=isinstance(store.transport, S3Transport), **options)
+
+    def damaged(self, error: IndexDamaged) -> None:
+        logger.warning("gc index: %s: a full pass where it applies", error)
+        self.on_damage(str(error))
+
+    async def plan(self, store: ObjectStore, fs: Any) -> tuple[Plan, int]:
+        """The stored plan, or a discovery's of ``store`` (stored for the next shards): the plan
+        and the listing requests the discovery took."""
+        try:
+            body = await self.location.read_document("plan.json", "plan")
+            if body is not None:
+                return Plan.from_dict(body), 0
+        except IndexDamaged as exc:
+            self.damaged(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.damaged(IndexDamaged(f"plan.json: unreadable ({exc!r})"))
+        plan, requests = await discover(store.transport, fs, store.full_path(""))
+        if self.writable:
+            await self.location.write_document("plan.json", "plan", plan.to_dict())
+        return plan, requests
+
+    async def manifest(self, unit: KeyRange) -> list[_Part] | None:
+        """A unit's own parts, ``None`` if it has no readable manifest (damage is reported)."""
+        name = _manifest_name(unit)
+        try:
+            body = await self.location.read_document(name, "unit")
+            return None if body is None else _parts(body, unit, name)
+        except IndexDamaged as exc:
+            self.damaged(exc)
+            return None
+
+    def cursor(self, plan: Plan, units: range) -> UnitCursor:
+        return UnitCursor(self, plan, [plan.units[i] for i in units])
+
+    async def settle(self, plan: Plan) -> None:
+        """After a shard's sweep: once every unit has its own manifest (the whole key space has
+        been swept), drop what only the previous plan's units used, and rebalance if need be.
+
+        Every shard checks; the plan changes only after a complete sweep, and every shard that
+        sees it complete writes the same plan.
+        """
+        if not self.writable:
+            return
+        reading = asyncio.Semaphore(16)
+
+        async def bounded(unit: KeyRange) -> list[_Part] | None:
+            async with reading:
+                return await self.manifest(unit)
+
+        manifests = await asyncio.gather(*(bounded(unit) for unit in plan.units))
+        if any(parts is None for parts in manifests):
+            return  # some units not swept yet (other shards still running, or failed)
+        pieces = [(part.range, part.count) for parts in manifests for part in parts or []]
+        counts = [sum(part.count for part in parts or []) for parts in manifests]
+        target = unit_target(sum(counts))
+        current = {unit.ident for unit in plan.units}
+        stale = [unit for unit in plan.previous_units if unit.ident not in current]
+        for unit in stale:
+            old = await self.manifest(unit)
+            await self.location.delete([p.name for p in old or [] if p.name] + [_manifest_name(unit)])
+        if not plan.observed or max(counts) > 2 * target:
+            new = rebalance(pieces, plan)
+            logger.info("gc index: rebalanced %d units into %d", len(plan.units), len(new.units))
+            await self.location.write_document("plan.json", "plan", new.to_dict())
+        elif plan.previous is not None:
+            settled = Plan(plan.bounds, plan.weights, plan.observed, plan.part_size, plan.generation)
+            await self.location.write_document("plan.json", "plan", settled.to_dict())
+
+
+class _UnitReader:
+    """A unit's index entries, streamed in key order from its parts (or the previous plan's)."""
+
+    def __init__(self, index: SweepIndex, plan: Plan, unit: KeyRange) -> None:
+        self.index, self.plan, self.unit = index, plan, unit
+        self.own: list[_Part] | None = None
+        self._sources: list[_Part] = []
+        self._lines: list[bytes] = []
+        self._at = 0
+        self._loaded = False
+        self._broken = False
+
+    async def load(self) -> None:
+        """Read the manifests (small); parts are read when the listing reaches them."""
+        self._loaded = True
+        self.own = await self.index.manifest(self.unit)
+        if self.index.full or not self.index.entries:
+            return
+        if self.own is not None:
+            self._sources = list(self.own)
+            return
+        for previous in self.plan.previous_units:  # the unit is new since a rebalance
+            if previous.overlaps(self.unit):
+                parts = await self.index.manifest(previous)
+                self._sources += [p for p in parts or [] if p.range.overlaps(self.unit)]
+
+    async def _next_line(self) -> bytes | None:
+        while self._at >= len(self._lines):
+            if not self._sources:
+                return None
+            part = self._sources.pop(0)
+            self._lines, self._at = [], 0
+            if part.name is None or part.sha256 is None or part.count == 0:
+                continue
+            try:
+                self._lines = (await self.index.location.read_part(part.name, part.sha256)).splitlines()
+            except IndexDamaged as exc:
+                self.index.damaged(exc)
+                self._broken = True
+                self._sources = []
+                return None
+        self._at += 1
+        return self._lines[self._at - 1]
+
+    async def find(self, key: str) -> tuple[str, int, ObjectMetadata] | None:
+        """The entry for ``key`` (keys asked in increasing order), or ``None``."""
+        if not self._loaded:
+            await self.load()
+        while not self._broken:
+            line = self._lines[self._at] if self._at < len(self._lines) else await self._peek()
+            if line is None:
+                return None
+            try:
+                found, etag, modified, metadata = _parse_line(line)
+            except (ValueError, KeyError) as exc:
+                self.index.damaged(IndexDamaged(f"{self.unit.ident}: unreadable line ({exc!r})"))
+                self._broken = True
+                return None
+            if found > key:
+                return None
+            self._at += 1
+            if found == key:
+                return etag, modified, metadata
+        return None
+
+    async def _peek(self) -> bytes | None:
+        line = await self._next_line()
+        if line is not None:
+            self._at -= 1
+        return line
+
+
+class _UnitWriter:
+    """A unit's new index, written part by part, published by its manifest."""
+
+    def __init__(self, index: SweepIndex, plan: Plan, unit: KeyRange) -> None:
+        self.index, self.plan, self.unit = index, plan, unit
+        self.parts: list[_Part] = []
+        self._lines: list[bytes] = []
+        self._count = 0
+        self._after = unit.after
+        self._last: str | None = None
+
+    async def add(self, key: str, known: tuple[str, int, ObjectMetadata] | None) -> None:
+        if self._count >= self.plan.part_size:
+            await self._flush(self._last)
+        self._count += 1
+        self._last = key
+        if known is not None and self.index.entries:
+            self._lines.append(_line(key, *known))
+
+    async def _flush(self, upto: str | None) -> None:
+        name = sha256 = None
+        if self._lines:
+            name = f"units/{self.unit.ident}/{self.index._token}-{len(self.parts)}.gz"
+            sha256 = await self.index.location.write_part(name, b"".join(self._lines))
+        self.parts.append(_Part(KeyRange(self._after, upto), self._count, name, sha256))
+        self._after, self._lines, self._count = upto, [], 0
+
+    async def publish(self, replaced: list[_Part] | None) -> None:
+        """Write the last part and the manifest, then drop the parts of the manifest replaced."""
+        await self._flush(self.unit.upto)
+        body = {"range": self.unit.as_list(), "parts": [part.as_dict() for part in self.parts]}
+        await self.index.location.write_document(_manifest_name(self.unit), "unit", body)
+        mine = {part.name for part in self.parts}
+        await self.index.location.delete([p.name for p in replaced or [] if p.name and p.name not in mine])
+
+
+class UnitCursor:
+    """One lister's walk through its units, in key order: recall entries, record the new index."""
+
+    def __init__(self, index: SweepIndex, plan: Plan, units: list[KeyRange]) -> None:
+        self.index, self.plan, self.units = index, plan, units
+        self._reading = 0
+        self._readers: dict[int, _UnitReader] = {}
+        self._writing = 0
+        self._writer = _UnitWriter(index, plan, units[0])
+
+    @property
+    def range(self) -> KeyRange:
+        return KeyRange(self.units[0].after, self.units[-1].upto)
+
+    def _reader_for(self, position: int) -> _UnitReader:
+        if position not in self._readers:
+            self._readers[position] = _UnitReader(self.index, self.plan, self.units[position])
+        return self._readers[position]
+
+    async def recall(self, key: str, etag: str | None, modified: datetime | None) -> ObjectMetadata | None:
+        """The metadata the index holds for this very write of ``key``, or ``None`` (read it)."""
+        while self._reading < len(self.units) - 1 and key not in self.units[self._reading]:
+            self._reading += 1
+        if self.index.full or not self.index.entries or etag is None:
+            return None
+        found = await self._reader_for(self._reading).find(key)
+        if found is None or found[0] != etag or found[1] != _millis(modified):
+            return None
+        return found[2]
+
+    async def record(
+        self, key: str, etag: str | None, modified: datetime | None, metadata: ObjectMetadata | None
+    ) -> None:
+        """Count ``key`` in its unit and, with ``metadata`` (still current), index it."""
+        while self._writing < len(self.units) - 1 and key not in self.units[self._writing]:
+            await self._publish_one()
+        known = None if metadata is None or etag is None else (etag, _millis(modified), metadata)
+        await self._writer.add(key, known)
+
+    async def _publish_one(self) -> None:
+        reader = self._reader_for(self._writing)
+        if not reader._loaded:
+            await reader.load()
+        if self.index.writable:
+            await self._writer.publish(reader.own)
+        self._readers.pop(self._writing, None)
+        self._writing += 1
+        if self._writing < len(self.units):
+            self._writer = _UnitWriter(self.index, self.plan, self.units[self._writing])
+
+    async def close(self) -> None:
+        """The listing reached the end of the range: publish every unit not yet published."""
+        while self._writing < len(self.units):
+            await self._publish_one()

@@ -1,0 +1,209 @@
+"""Key ranges: how the GC's shards and listers split the key space without talking to each other.
+
+A :class:`KeyRange` holds the keys ``k`` (relative to the base) with ``after < k <= upto``; so
+S3's ``StartAfter`` starts a range exactly where the previous one ends. A :class:`Plan` cuts the
+whole key space into *units* at its bounds; every key, foreign ones included, falls in exactly
+one unit. Shard ``I/N`` owns a contiguous run of units, balanced by their weights (the keys the
+last sweep saw in each, or 1 each after a discovery), and its listers each list a contiguous run
+of the shard's units in one listing, so N shards together list the bucket about once.
+
+A first plan comes from a discovery (delimiter listings of the layout's top levels: one unit per
+DAG); later plans from what a sweep observed (:func:`rebalance`), which splits a large DAG into
+units of about :func:`unit_target` keys, so shards stay balanced on a skewed bucket. Every shard
+computes the same ranges from the same plan: the plan only changes after a complete sweep
+(see :mod:`objstore_backend.gc_index`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from objstore_backend.layout import RESERVED_PREFIX
+
+__all__ = ["KeyRange", "Plan", "balanced_cuts", "discover", "rebalance", "unit_target"]
+
+#: A discovery makes at most this many units (evenly chosen among the DAG prefixes).
+MAX_DISCOVERED_UNITS = 256
+#: A lister gets at least this many keys (ten listing pages) when the weights are key counts.
+MIN_KEYS_PER_LISTER = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """The keys ``k`` with ``after < k <= upto``; ``None`` leaves that side open."""
+
+    after: str | None = None
+    upto: str | None = None
+
+    def __contains__(self, key: object) -> bool:
+        return (
+            isinstance(key, str)
+            and (self.after is None or key > self.after)
+            and (self.upto is None or key <= self.upto)
+        )
+
+    def overlaps(self, other: KeyRange) -> bool:
+        below = self.upto is not None and other.after is not None and self.upto <= other.after
+        above = other.upto is not None and self.after is not None and other.upto <= self.after
+        return not (below or above)
+
+    @property
+    def ident(self) -> str:
+        """A short name for the range, the same in every process (names its index objects)."""
+        text = f"{self.after is not None}{self.after or ''}\x00{self.upto is not None}{self.upto or ''}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+    def as_list(self) -> list[str | None]:
+        return [self.after, self.upto]
+
+
+def _between(bounds: Sequence[str]) -> list[KeyRange]:
+    edges: list[str | None] = [None, *bounds, None]
+    return [KeyRange(edges[i], edges[i + 1]) for i in range(len(bounds) + 1)]
+
+
+def unit_target(total_keys: int) -> int:
+    """Keys per unit for a bucket of ``total_keys``: about 256 units, 100 to 100,000 keys each."""
+    return max(100, min(100_000, total_keys // 256))
+
+
+def balanced_cuts(weights: Sequence[int], parts: int) -> list[int]:
+    """``parts + 1`` cut positions into ``weights`` (0 first, ``len(weights)`` last) that split it
+    into ``parts`` contiguous runs of about equal total weight (some empty if there are few)."""
+    cumulative = [0]
+    for weight in weights:
+        cumulative.append(cumulative[-1] + max(weight, 0))
+    total = cumulative[-1]
+    if total == 0:  # nothing known: split by count
+        return [len(weights) * k // parts for k in range(parts + 1)]
+    cuts = [0]
+    for k in range(1, parts):
+        goal = total * k / parts
+        at = bisect.bisect_left(cumulative, goal)
+        if at > 0 and goal - cumulative[at - 1] < cumulative[at] - goal:
+            at -= 1  # the nearer of the two cuts around the goal
+        cuts.append(min(max(at, cuts[-1]), len(weights)))
+    cuts.append(len(weights))
+    return cuts
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The key space cut into units at ``bounds``, each unit with a weight.
+
+    ``observed``: the weights are key counts from a sweep (else a discovery's 1 each).
+    ``part_size``: entries per index part, so a later :func:`rebalance` can cut at part bounds.
+    ``previous``: the bounds of the plan this one replaced, whose units' index is read for a
+    unit that has none of its own yet (its first sweep after a rebalance).
+    """
+
+    bounds: tuple[str, ...]
+    weights: tuple[int, ...]
+    observed: bool = False
+    part_size: int = 250  # small until a sweep has counted: a discovered unit may be a huge DAG
+    generation: int = 0
+    previous: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError("plan bounds must be strictly increasing")
+        if len(self.weights) != len(self.bounds) + 1 or any(w < 0 for w in self.weights):
+            raise ValueError("a plan needs one weight >= 0 per unit")
+        if self.part_size < 1:
+            raise ValueError("a plan's part size must be >= 1")
+
+    @property
+    def units(self) -> list[KeyRange]:
+        return _between(self.bounds)
+
+    @property
+    def previous_units(self) -> list[KeyRange]:
+        return [] if self.previous is None else _between(self.previous)
+
+    def shard_units(self, index: int, count: int) -> range:
+        """The units shard ``index`` of ``count`` owns: contiguous, balanced by weight."""
+        cuts = balanced_cuts(self.weights, count)
+        return range(cuts[index], cuts[index + 1])
+
+    def lister_groups(self, units: range, concurrency: int) -> list[range]:
+        """The shard's units cut into at most ``concurrency`` contiguous runs, one listing each.
+
+        With key counts for weights, each lister gets at least :data:`MIN_KEYS_PER_LISTER` keys:
+        every listing costs a partial last page, which should stay small beside its full ones.
+        Without (a first sweep after a discovery), one lister: nothing tells how to split evenly.
+        """
+        if not units:
+            return []
+        weights = self.weights[units.start : units.stop]
+        listers = max(1, min(concurrency, len(units), sum(weights) // MIN_KEYS_PER_LISTER)) if self.observed else 1
+        cuts = balanced_cuts(weights, listers)
+        groups = [range(units.start + cuts[k], units.start + cuts[k + 1]) for k in range(listers)]
+        return [group for group in groups if group]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bounds": list(self.bounds),
+            "weights": list(self.weights),
+            "observed": self.observed,
+            "part_size": self.part_size,
+            "generation": self.generation,
+            "previous": None if self.previous is None else list(self.previous),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        previous = data.get("previous")
+        return cls(
+            tuple(data["bounds"]),
+            tuple(int(w) for w in data["weights"]),
+            bool(data["observed"]),
+            int(data["part_size"]),
+            int(data["generation"]),
+            None if previous is None else tuple(previous),
+        )
+
+
+async def discover(transport: Any, fs: Any, base: str) -> tuple[Plan, int]:
+    """A first plan from delimiter listings of the layout's top levels: one unit per DAG.
+
+    ``base`` is the store's full base path (ending in ``/``). A few listing requests (returned
+    with the plan): the top level, and the DAG prefixes under ``task/``. The weights are unknown
+    (1 each) until a sweep has counted the keys.
+    """
+    top, requests = await transport.list_prefixes(fs, base, max_pages=1)
+    found = [path[len(base) :] for path in top]
+    if "task/" in found:
+        dags, more = await transport.list_prefixes(fs, base + "task/", max_pages=2)
+        found = [b for b in found if b != "task/"] + [path[len(base) :] for path in dags]
+        requests += more
+    # the smallest prefix starts no unit: what sorts before the second one is the first unit
+    bounds = sorted({b for b in found if not b.startswith(RESERVED_PREFIX)})[1:]
+    if len(bounds) >= MAX_DISCOVERED_UNITS:
+        step = len(bounds) / (MAX_DISCOVERED_UNITS - 1)
+        bounds = sorted({bounds[int(k * step)] for k in range(MAX_DISCOVERED_UNITS - 1)})
+    return Plan(tuple(bounds), (1,) * (len(bounds) + 1)), requests
+
+
+def rebalance(pieces: Sequence[tuple[KeyRange, int]], previous: Plan) -> Plan:
+    """A plan of units of about :func:`unit_target` keys, cut only at the bounds of ``pieces``.
+
+    ``pieces`` tile the key space in order (the parts of the last sweep's index, each with the
+    keys it held), so every new unit's index can still be read from the old parts.
+    """
+    total = sum(count for _, count in pieces)
+    target = unit_target(total)
+    bounds: list[str] = []
+    weights: list[int] = []
+    held = 0
+    for piece, count in pieces:
+        held += count
+        if held >= target and piece.upto is not None:
+            bounds.append(piece.upto)
+            weights.append(held)
+            held = 0
+    weights.append(held)
+    return Plan(tuple(bounds), tuple(weights), True, target, previous.generation + 1, previous.bounds)

@@ -1,0 +1,269 @@
+"""The GC at scale: shards and listers on disjoint key ranges, the index that spares HEADs, races.
+
+Request counts come from the counting moto server (what crossed the wire). A few thousand
+objects stand in for millions: what is asserted are ratios and counts per changed key.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from airflow.sdk.state import TaskScope
+
+from objstore_backend import cli
+from objstore_backend.backend import ObjectStoreBackend
+from objstore_backend.config import StoreSettings
+from objstore_backend.gc import GCOptions, GCReport, run_gc
+from objstore_backend.gc_index import _UnitWriter
+from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
+from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
+from objstore_backend.store import ObjectStore
+
+NOW = datetime.now(timezone.utc)
+SOON = NOW + timedelta(hours=1)
+LATER = NOW + timedelta(days=2)
+PAST = NOW - timedelta(minutes=1)
+NEXT_NIGHT = NOW + timedelta(hours=3)  # SOON has passed, LATER has not
+
+
+def skewed_keys(total: int) -> list[tuple[TaskScope, str]]:
+    """One DAG holds half the keys, twelve small ones share the rest."""
+    keys = [(TaskScope("big", f"run{i // 50:03}", f"t{i % 5}", i % 10), f"k{i}") for i in range(total // 2)]
+    keys += [(TaskScope(f"dag{i % 12:02}", f"run{i // 60}", "t", -1), f"k{i}") for i in range(total - len(keys))]
+    return keys
+
+
+def fill(backend: ObjectStoreBackend, keys: list[tuple[TaskScope, str]], expires_at: datetime | None) -> None:
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(lambda item: backend.set(item[0], item[1], "1", expires_at=expires_at), keys))
+
+
+@pytest.fixture
+def s3_backend(s3_bucket: str, s3_options: dict[str, Any]) -> ObjectStoreBackend:
+    return ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/state", storage_options=s3_options))
+
+
+def sweep_shards(store: ObjectStore, shards: int, moto: Any, **options: Any) -> tuple[list[GCReport], dict[str, int]]:
+    moto.log.clear()
+    reports = [run_gc(store, GCOptions(shard=(i, shards), concurrency=16, **options)) for i in range(shards)]
+    return reports, dict(moto.log.by_kind())
+
+
+def test_shards_split_the_listing_balance_a_skewed_bucket_and_head_only_what_changed(
+    s3_backend: ObjectStoreBackend, moto_server: Any
+) -> None:
+    keys = skewed_keys(2400)
+    fill(s3_backend, keys, SOON)
+    store = s3_backend.store
+    pages = 3  # one listing of 2,400 keys
+
+    first, counts = sweep_shards(store, 4, moto_server)
+    assert sum(r.scanned for r in first) == 2400 and sum(r.errors for r in first) == 0
+    assert counts["HEAD"] == 2400 == sum(r.metadata_reads for r in first)
+    assert counts["LIST"] == sum(r.list_requests for r in first) <= 1.25 * pages + 3 * 4
+
+    rewritten = keys[::100]  # 1%, with a later expiry
+    fill(s3_backend, rewritten, LATER)
+    second, counts = sweep_shards(store, 4, moto_server)
+    assert sum(r.scanned for r in second) == 2400
+    assert counts["HEAD"] == len(rewritten) == sum(r.metadata_reads for r in second)
+    assert sum(r.index_hits for r in second) == 2400 - len(rewritten)
+    assert counts["LIST"] <= 1.25 * pages + 3 * 4
+    # the first sweep counted the keys: the big DAG is split and the shards balance
+    sizes = [r.scanned for r in second]
+    assert max(sizes) <= 1.5 * (sum(sizes) / len(sizes)), sizes
+
+    # the next night: the keys that expired SOON go, decided from the index; the rewritten stay
+    third = [run_gc(store, GCOptions(shard=(i, 4), now=NEXT_NIGHT)) for i in range(4)]
+    assert sum(r.deleted for r in third) == 2400 - len(rewritten)
+    assert sum(r.metadata_reads for r in third) == 0
+    assert all(s3_backend.get(scope, key) == "1" for scope, key in rewritten)
+
+
+def test_rewrites_between_runs_are_read_again_never_decided_from_the_old_entry(
+    s3_backend: ObjectStoreBackend, moto_server: Any
+) -> None:
+    scope = TaskScope("d", "r", "t")
+    for key in ("later", "earlier", "recreated", "unchanged"):
+        s3_backend.set(scope, key, '"v"', expires_at=SOON)
+    assert run_gc(s3_backend.store).metadata_reads == 4
+    s3_backend.set(scope, "later", '"v"', expires_at=LATER)  # same value, later expiry
+    s3_backend.set(scope, "earlier", '"v"', expires_at=PAST)
+    s3_backend.delete(scope, "recreated")
+    s3_backend.set(scope, "recreated", '"v"', expires_at=LATER)
+    report = run_gc(s3_backend.store, GCOptions(now=NEXT_NIGHT))
+    assert (report.metadata_reads, report.index_hits) == (3, 1)
+    assert (report.deleted, report.live, report.errors) == (2, 2, 0)
+    assert s3_backend.get(scope, "later") == '"v"' and s3_backend.get(scope, "recreated") == '"v"'
+    assert s3_backend.store.head(object_path(scope, "earlier")) is None
+    assert s3_backend.store.head(object_path(scope, "unchanged")) is None
+
+
+def _index_objects(store: ObjectStore, suffix: str) -> list[str]:
+    root = store.full_path(RESERVED_PREFIX)
+    return sorted(p for p in store.fs.find(root) if p.endswith(suffix))
+
+
+def test_a_damaged_index_part_is_reported_and_its_unit_gets_a_full_pass(
+    s3_backend: ObjectStoreBackend, moto_server: Any
+) -> None:
+    keys = [(TaskScope("d", "r", "t", i), "k") for i in range(300)]
+    fill(s3_backend, keys, SOON)
+    run_gc(s3_backend.store)
+    [part, *_] = _index_objects(s3_backend.store, ".gz")
+    s3_backend.store.fs.pipe_file(part, b"\x1f\x8b not gzip at all")
+    moto_server.log.clear()
+    report = run_gc(s3_backend.store, GCOptions(now=NEXT_NIGHT, dry_run=True))
+    assert report.index_damaged == 1 and report.errors == 0
+    assert any("index" in sample and "unreadable" in sample for sample in report.error_samples)
+    assert report.metadata_reads == moto_server.log.by_kind()["HEAD"] > 0  # that unit's objects, read again
+    assert report.expired == 300  # every decision still made, none of them wrong
+
+    # a plan or manifest from another base (copied over) is foreign: ignored, reported
+    [manifest, *_] = _index_objects(s3_backend.store, ".json")
+    document = orjson.loads(s3_backend.store.fs.cat_file(manifest))
+    s3_backend.store.fs.pipe_file(manifest, orjson.dumps({**document, "base": "s3://elsewhere/state"}))
+    report = run_gc(s3_backend.store, GCOptions(now=NEXT_NIGHT, dry_run=True))
+    assert report.index_damaged >= 1 and report.expired == 300 and report.metadata_reads > 0
+
+
+def test_an_index_left_by_a_killed_gc_is_ignored(
+    s3_backend: ObjectStoreBackend, moto_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scope = TaskScope("d", "r", "t")
+    s3_backend.set(scope, "a", '"v"', expires_at=SOON)
+    s3_backend.set(scope, "b", '"v"', expires_at=SOON)
+    run_gc(s3_backend.store)
+    s3_backend.set(scope, "a", '"v"', expires_at=LATER)
+
+    async def killed_before_the_manifest(self: _UnitWriter, replaced: Any) -> None:
+        await self._flush(self.unit.upto)  # the parts are written...
+        raise OSError("killed")  # ...and the process dies before publishing them
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_UnitWriter, "publish", killed_before_the_manifest)
+        assert run_gc(s3_backend.store).errors == 1
+    report = run_gc(s3_backend.store, GCOptions(now=NEXT_NIGHT))
+    assert (report.index_damaged, report.metadata_reads, report.index_hits) == (0, 1, 1)
+    assert s3_backend.get(scope, "a") == '"v"' and s3_backend.store.head(object_path(scope, "b")) is None
+
+
+def test_two_gcs_of_one_shard_at_once_lose_nothing_and_leave_a_usable_index(
+    s3_backend: ObjectStoreBackend, moto_server: Any
+) -> None:
+    expired = [(TaskScope("d", f"r{i % 4}", "t", i), "old") for i in range(200)]
+    live = [(TaskScope("d", f"r{i % 4}", "t", i), "live") for i in range(200)]
+    fill(s3_backend, expired, PAST)
+    fill(s3_backend, live, LATER)
+    run_gc(s3_backend.store, GCOptions(dry_run=True))  # a plan exists, as on any night but the first
+    reports: list[GCReport] = []
+    threads = [
+        threading.Thread(
+            target=lambda: reports.append(run_gc(s3_backend.store, GCOptions(concurrency=8, batched_deletes=False)))
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.errors for r in reports) == 0
+    assert sum(r.deleted for r in reports) >= 200
+    assert all(s3_backend.get(scope, key) == "1" for scope, key in live)
+    assert all(s3_backend.store.head(object_path(scope, key)) is None for scope, key in expired)
+    after = run_gc(s3_backend.store)
+    assert (after.index_damaged, after.metadata_reads, after.index_hits, after.live) == (0, 0, 200, 200)
+
+
+def test_full_reads_everything_again(s3_backend: ObjectStoreBackend, moto_server: Any) -> None:
+    fill(s3_backend, [(TaskScope("d", "r", "t", i), "k") for i in range(50)], LATER)
+    run_gc(s3_backend.store)
+    assert run_gc(s3_backend.store).metadata_reads == 0
+    assert run_gc(s3_backend.store, GCOptions(full=True)).metadata_reads == 50
+
+
+def test_the_index_can_live_elsewhere(s3_backend: ObjectStoreBackend, s3_bucket: str, tmp_path: Any) -> None:
+    fill(s3_backend, [(TaskScope("d", "r", "t", i), "k") for i in range(20)], LATER)
+    options = GCOptions(index_url=f"s3://{s3_bucket}/gc-index-of-state")
+    assert run_gc(s3_backend.store, options).metadata_reads == 20
+    assert run_gc(s3_backend.store, options).index_hits == 20
+    assert not _index_objects(s3_backend.store, "")  # nothing under the base's reserved prefix
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "local", "s3", "gcs"])
+def test_a_key_range_lists_exactly_its_keys(store_location: tuple[str, dict[str, Any]]) -> None:
+    url, options = store_location
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=options))
+    keys = [(TaskScope(dag, "r", "t", i), "k") for dag in ("a", "a-b", "b", "c") for i in (-1, 1, 10)]
+    for scope, key in keys:
+        backend.set(scope, key, "1")
+    paths = sorted(object_path(scope, key) for scope, key in keys)
+    store = backend.store
+
+    def listed(after: str | None, upto: str | None) -> list[str]:
+        async def collect() -> list[str]:
+            edge = lambda key: None if key is None else store.full_path(key)  # noqa: E731
+            found = []
+            async for page in store.transport.list_pages(store.fs, store.full_path(""), edge(after), edge(upto)):
+                found += [store.relative(entry.path) for entry in page]
+            return found
+
+        return store._run(lambda fs: collect())
+
+    bounds = ["task/a-b/", paths[5], "task/c/"]  # a prefix, a key, a prefix
+    slices = [listed(r.after, r.upto) for r in Plan(tuple(bounds), (1, 1, 1, 1)).units]
+    assert sum(slices, []) == paths  # in key order, every key once
+    assert slices[1][-1] == paths[5] and slices[2][0] == paths[6]
+    assert all(path.startswith("task/c/") for path in slices[3])
+
+
+def test_the_reserved_prefix_is_never_state_and_never_shown(backend: ObjectStoreBackend, capsys: Any) -> None:
+    assert not encode_segment("~gc-index").startswith("~") and parse(RESERVED_PREFIX + "plan.json") is None
+    backend.set(TaskScope("d", "r", "t"), "k", "1", expires_at=LATER)
+    run_gc(backend.store)
+    listed = [o.path for o in backend.store.iter_objects()]
+    assert listed == [object_path(TaskScope("d", "r", "t"), "k")]  # the index exists but is not listed
+    report = run_gc(backend.store)
+    assert (report.scanned, report.foreign) == (1, 0)
+    from objstore_backend.audit import run_audit
+
+    assert run_audit(backend.store).inventory.foreign_count == 0
+
+
+def test_balanced_cuts_and_rebalance_split_a_large_unit() -> None:
+    assert balanced_cuts([1, 1, 1, 1], 2) == [0, 2, 4]
+    assert balanced_cuts([10, 1, 1, 1, 1, 1], 2) == [0, 1, 6]
+    assert balanced_cuts([], 3) == [0, 0, 0, 0]
+    # a first plan: three DAG units, one of them 5,000 keys in parts of 250
+    pieces = [(KeyRange(None, "task/a/"), 100)]
+    edges = ["task/a/", *[f"task/a/{n:04}" for n in range(250, 5000, 250)], "task/b/"]
+    pieces += [(KeyRange(edges[i], edges[i + 1]), 250) for i in range(len(edges) - 1)]
+    pieces += [(KeyRange("task/b/", None), 100)]
+    plan = rebalance(pieces, Plan(("task/a/", "task/b/"), (1, 1, 1)))
+    assert plan.observed and sum(plan.weights) == 5200 and plan.previous == ("task/a/", "task/b/")
+    assert set(plan.bounds) <= {edge for edge in edges} | {None}  # cut only where the index can be read
+    shards = [sum(plan.weights[i] for i in plan.shard_units(s, 4)) for s in range(4)]
+    assert max(shards) <= 1.5 * 5200 / 4, shards
+
+
+def test_the_command_validates_and_reports_the_new_fields(
+    s3_backend: ObjectStoreBackend, s3_bucket: str, s3_options: dict[str, Any], capsys: Any
+) -> None:
+    base = ["gc", "--path", f"s3://{s3_bucket}/state", "--storage-options", orjson.dumps(s3_options).decode()]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--list-concurrency", "0"])
+    assert exit_info.value.code == 2 and "list-concurrency" in capsys.readouterr().err
+    s3_backend.set(TaskScope("d", "r", "t"), "k", "1", expires_at=LATER)
+    assert cli.main([*base, "--json", "--list-concurrency", "2", "--full"]) == 0
+    summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    assert {k: summary[k] for k in ("metadata_reads", "index_hits", "ranges")} == {
+        "metadata_reads": 1,
+        "index_hits": 0,
+        "ranges": 1,
+    }
+    assert summary["list_requests"] >= 1
