@@ -10,8 +10,8 @@ filesystem bound to that loop (async calls), so no logic exists twice.
 Reads never go through s3fs/gcsfs listing caches: a store shared by many processes must see
 what the others wrote (a cached listing answers "missing" for a key written since).
 
-Failures are retried and translated in one place, :meth:`Transport.attempt
-<objstore_backend.transports.base.Transport.attempt>`, under the store's one :class:`RetryPolicy`.
+Failures are retried and translated in one place, ``Transport.attempt``
+(:mod:`objstore_backend.transports.base`), under the store's one :class:`RetryPolicy`.
 """
 
 from __future__ import annotations

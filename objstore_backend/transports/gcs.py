@@ -1,7 +1,8 @@
-"""Google Cloud Storage through gcsfs's JSON API session: one request per read, write and delete.
+"""Google Cloud Storage (``gs://``, ``gcs://``) through gcsfs's JSON API session.
 
-See :class:`GCSTransport`; deletes of many objects go in JSON batch requests (:func:`_batch_statuses`
-reads their answers).
+Retries are gcsfs's own (429, 5xx, dropped connections), plus the timeouts gcsfs gives up on
+(:meth:`GCSTransport.retriable`). Batch deletes (real GCS only: emulators answer their items
+with errors) are multipart JSON batch requests, read back by :func:`_batch_statuses`.
 """
 
 from __future__ import annotations
