@@ -19,8 +19,8 @@ from typing import Any
 
 from objstore_backend.errors import BucketNotFoundError
 from objstore_backend.scan import scan_pages
-from objstore_backend.store import GCSTransport, LocalTransport, ObjectStore, S3Transport
-from objstore_backend.transports_azure import AZURE_PROTOCOLS
+from objstore_backend.store import ObjectStore
+from objstore_backend.transports import AZURE_PROTOCOLS, GCSTransport, LocalTransport, S3Transport
 
 __all__ = ["LEVELS", "AuditReport", "Finding", "Inventory", "check_gcs_bucket", "run_audit"]
 

@@ -24,7 +24,7 @@ from typing import Any
 from objstore_backend.audit import Finding, _covers
 from objstore_backend.errors import BucketNotFoundError
 from objstore_backend.store import ObjectStore
-from objstore_backend.transports_azure import _call
+from objstore_backend.transports.azure import sdk_call
 
 __all__ = ["azure_findings", "check_azure_container", "check_azure_lifecycle"]
 
@@ -176,7 +176,7 @@ def _read_lifecycle(fs: Any, account: str) -> dict[str, Any] | None:
 async def _setting(store: ObjectStore, what: str, container: str, read: Callable[[], Any]) -> Any:
     """One data-plane read under the store's retry policy; the error it ends with, not raised."""
     try:
-        return await store.transport.attempt(f"reading the {what} of", container, lambda: _call(container, read()))
+        return await store.transport.attempt(f"reading the {what} of", container, lambda: sdk_call(container, read()))
     except BucketNotFoundError:
         raise
     except OSError as exc:

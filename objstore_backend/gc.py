@@ -27,7 +27,8 @@ from objstore_backend.errors import MetadataDBError
 from objstore_backend.gc_index import SweepIndex, UnitCursor
 from objstore_backend.layout import Location
 from objstore_backend.scan import ScanCounts, Scanned, scan_pages
-from objstore_backend.store import CHANGED, GONE, ObjectStore
+from objstore_backend.store import ObjectStore
+from objstore_backend.transports import CHANGED, GONE
 
 __all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc"]
 

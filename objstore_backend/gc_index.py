@@ -37,7 +37,8 @@ import orjson
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.layout import RESERVED_PREFIX
 from objstore_backend.partition import KeyRange, Plan, discover, rebalance, unit_target
-from objstore_backend.store import ObjectMetadata, ObjectStore, S3Transport, Transport
+from objstore_backend.store import ObjectMetadata, ObjectStore
+from objstore_backend.transports import S3Transport, Transport
 
 __all__ = ["IndexDamaged", "IndexLocation", "SweepIndex", "UnitCursor"]
 

@@ -25,7 +25,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.gc import GCOptions, _Sweep, run_gc
 from objstore_backend.layout import object_path
-from objstore_backend.store import CHANGED
+from objstore_backend.transports import CHANGED
 from tests import _workers
 
 PAST = datetime.now(timezone.utc) - timedelta(minutes=1)

@@ -23,7 +23,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.gc import GCOptions, run_gc
 from objstore_backend.layout import object_path
-from objstore_backend.store import GCSTransport
+from objstore_backend.transports import GCSTransport
 from tests.gc_race import gc_racing_a_rewrite
 
 TASK = TaskScope("etl", "run", "load", 0)

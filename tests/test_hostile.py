@@ -35,16 +35,10 @@ from objstore_backend.errors import (
 )
 from objstore_backend.gc import run_gc
 from objstore_backend.layout import object_path, scope_prefix
-from objstore_backend.store import (
-    ENVELOPE_MAGIC,
-    META_EXPIRES,
-    META_LAYOUT,
-    META_MODE,
-    META_PAD,
-    ObjectMetadata,
-    ObjectStore,
-    _client_error_code,
-)
+from objstore_backend.store import ObjectMetadata, ObjectStore
+from objstore_backend.transports.base import META_EXPIRES, META_LAYOUT, META_MODE
+from objstore_backend.transports.local import ENVELOPE_MAGIC
+from objstore_backend.transports.s3 import META_PAD, _client_error_code
 from tests.servers import CountingProxy, ProxiedRequest, azurite_connection_string, create_azure_container
 
 T = TaskScope

@@ -18,7 +18,7 @@ listing cache or its ``pipe_file`` (which cannot carry metadata):
   sent by the SDK's synchronous client in a worker thread: its async client frames the batch
   body in a way Azurite 3.35 refuses as a whole (400 InvalidInput).
 
-Retries: the store's :class:`~objstore_backend.store.RetryPolicy` is the one layer. Every
+Retries: the store's :class:`~objstore_backend.transports.base.RetryPolicy` is the one layer. Every
 request is sent with the SDK's own retries off (``retry_total=0``); 429, 500, 502, 503
 (``ServerBusy``), 504, timeouts and dropped connections are retried by the policy. One
 exception: a body cut short on a read is retried by the SDK's downloader itself (3 tries, 1 s
@@ -35,10 +35,18 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from objstore_backend.errors import BucketNotFoundError
-from objstore_backend.store import _AZURE_PROTOCOLS as AZURE_PROTOCOLS
-from objstore_backend.store import CHANGED, GONE, Body, ListedObject, Transport, _bounded
+from objstore_backend.transports.base import (
+    CHANGED,
+    GONE,
+    Body,
+    ListedObject,
+    Transport,
+    bounded,
+    delete_in_batches,
+    in_slice,
+)
 
-__all__ = ["AZURE_DELETE_BATCH", "AZURE_PROTOCOLS", "AzureServiceError", "AzureTransport"]
+__all__ = ["AZURE_DELETE_BATCH", "AzureServiceError", "AzureTransport", "sdk_call"]
 
 #: A blob batch takes at most 256 sub-requests (257 is a 400 for the whole batch).
 AZURE_DELETE_BATCH = 256
@@ -66,7 +74,7 @@ def _sdk_request_log_options() -> dict[str, Any]:
 class AzureServiceError(OSError):
     """What the Blob service answered: its error code, HTTP status and message.
 
-    ``response`` has the shape :func:`objstore_backend.store.describe_cause` reads, so messages
+    ``response`` has the shape :func:`~objstore_backend.transports.base.describe_cause` reads, so messages
     read ``ServerBusy (HTTP 503): The server is busy.`` as they do for S3; the SDK's error is
     the ``__cause__``.
     """
@@ -112,7 +120,7 @@ def _translate(exc: BaseException, container: str) -> BaseException:
     return AzureServiceError(code, status, message)
 
 
-async def _call(container: str, request: Awaitable[_T]) -> _T:
+async def sdk_call(container: str, request: Awaitable[_T]) -> _T:
     """Await one SDK request; its error translated (see :func:`_translate`), the SDK's as cause."""
     try:
         return await request
@@ -222,8 +230,8 @@ class AzureTransport(Transport):
 
         async def download() -> tuple[bytes, dict[str, str]] | None:
             try:
-                downloader = await _call(container, client.download_blob(**self._request_options(fs)))
-                body = await _call(container, downloader.readall())
+                downloader = await sdk_call(container, client.download_blob(**self._request_options(fs)))
+                body = await sdk_call(container, downloader.readall())
             except _BlobMissing:
                 return None
             return body, dict(downloader.properties.metadata or {})
@@ -240,7 +248,7 @@ class AzureTransport(Transport):
 
         async def upload() -> None:
             try:
-                await _call(
+                await sdk_call(
                     container,
                     client.upload_blob(
                         data,
@@ -262,7 +270,7 @@ class AzureTransport(Transport):
 
         async def properties() -> dict[str, str] | None:
             try:
-                found = await _call(container, client.get_blob_properties(**self._request_options(fs)))
+                found = await sdk_call(container, client.get_blob_properties(**self._request_options(fs)))
             except _BlobMissing:
                 return None
             return dict(found.metadata or {})
@@ -279,7 +287,7 @@ class AzureTransport(Transport):
 
         async def delete_blob() -> str | None:
             try:
-                await _call(container, client.delete_blob(**condition, **self._request_options(fs)))
+                await sdk_call(container, client.delete_blob(**condition, **self._request_options(fs)))
             except _BlobMissing:
                 return GONE
             except _BlobChanged:
@@ -308,7 +316,7 @@ class AzureTransport(Transport):
                 else client.list_blobs(include=["metadata"], **options)
             )
             pages = blobs.by_page(continuation_token=token)
-            page = await _call(container, pages.__anext__())  # the one request of this page
+            page = await sdk_call(container, pages.__anext__())  # the one request of this page
             return [blob async for blob in page], pages.continuation_token
 
         return await self.attempt("listing", prefix, list_page)
@@ -332,11 +340,7 @@ class AzureTransport(Transport):
                 )
                 for blob in blobs
             ]
-            yield [
-                entry
-                for entry in listed
-                if (start_after is None or entry.path > start_after) and (end_at is None or entry.path <= end_at)
-            ]
+            yield [entry for entry in listed if in_slice(entry.path, start_after, end_at)]
             if not token or (end_at is not None and listed and listed[-1].path > end_at):
                 return
 
@@ -406,7 +410,7 @@ class AzureTransport(Transport):
             return [(int(answer.status_code), answer.headers.get("x-ms-error-code")) for answer in answers]
 
         statuses = await self.attempt(
-            f"deleting {len(items)} blobs in", container, lambda: _call(container, asyncio.to_thread(send))
+            f"deleting {len(items)} blobs in", container, lambda: sdk_call(container, asyncio.to_thread(send))
         )
         if len(statuses) != len(items):
             return [
@@ -426,11 +430,8 @@ class AzureTransport(Transport):
             return []
         service = self._sync_service(fs) if batched else None
         if service is not None:
-            chunks = [items[i : i + AZURE_DELETE_BATCH] for i in range(0, len(items), AZURE_DELETE_BATCH)]
-            results = await _bounded(concurrency, [self._delete_one_batch(fs, service, chunk) for chunk in chunks])
-            failures: list[tuple[str, str]] = []
-            for chunk, result in zip(chunks, results, strict=True):
-                failures += [(path, str(result)) for path, _ in chunk] if isinstance(result, Exception) else result
-            return failures
-        results = await _bounded(concurrency, [self._delete_blob(fs, path, etag) for path, etag in items])
+            return await delete_in_batches(
+                items, AZURE_DELETE_BATCH, concurrency, lambda chunk: self._delete_one_batch(fs, service, chunk)
+            )
+        results = await bounded(concurrency, [self._delete_blob(fs, path, etag) for path, etag in items])
         return [(path, str(result)) for (path, _), result in zip(items, results, strict=True) if result is not None]
