@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,40 +32,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from objstore_backend.codec import check_json_document
 from objstore_backend.errors import CorruptObjectError, StoreError
 from objstore_backend.layout import Location, ScopeKind, is_hashed, parse
+from objstore_backend.migrate import MoveReport
 from objstore_backend.store import ListedObject, ObjectStore
 
 __all__ = ["ExportReport", "run_export"]
 
-MAX_NAMED = 100
-
 
 @dataclass
-class ExportReport:
+class ExportReport(MoveReport):
     objects: int = 0
     exported: int = 0
-    unchanged: int = 0
-    skipped_expired: int = 0
-    skipped_newer: int = 0
     skipped_offload: int = 0
     no_owner: int = 0
     foreign: int = 0
-    errors: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
-    problems: list[str] = field(default_factory=list)
-    kept_newer: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         return bool(self.errors or self.no_owner)
-
-    def as_dict(self) -> dict[str, Any]:
-        counts = {
-            name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("problems", "kept_newer")
-        }
-        counts["seconds"] = round(self.seconds, 3)
-        return {**counts, "problems": self.problems[:MAX_NAMED], "kept_newer": self.kept_newer[:MAX_NAMED]}
 
 
 class _NoOwner(Exception):

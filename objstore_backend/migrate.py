@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,7 +34,7 @@ from objstore_backend.layout import object_path, parse
 from objstore_backend.state_rows import AirflowStateDB, StateRow
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
-__all__ = ["ImportOptions", "ImportReport", "run_import"]
+__all__ = ["ImportOptions", "ImportReport", "MoveReport", "run_import"]
 
 _REF_KEY = "__airflow_state_ref__"
 _OBJECT_REF = "objstore:"
@@ -67,21 +67,35 @@ class ImportOptions:
 
 
 @dataclass
-class ImportReport:
-    """What happened to each row, by outcome; every row not imported is named in ``problems``."""
+class MoveReport:
+    """What happened to each key moved between Airflow's DB and the store (``import`` and ``export``),
+    by outcome; every key not moved is named in ``problems`` or ``kept_newer``."""
 
-    rows: int = 0
-    imported: int = 0
     unchanged: int = 0
     skipped_expired: int = 0
     skipped_newer: int = 0
-    unresolved: int = 0
     errors: int = 0
     bytes: int = 0
     seconds: float = 0.0
     dry_run: bool = False
     problems: list[str] = field(default_factory=list)
     kept_newer: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts (the command's own first), then the first :data:`MAX_NAMED` names of each list."""
+        shared = MoveReport.__dataclass_fields__
+        names = [f.name for f in fields(self) if f.name not in shared] + [f.name for f in fields(MoveReport)]
+        summary: dict[str, Any] = {name: getattr(self, name) for name in names}
+        summary["seconds"] = round(self.seconds, 3)
+        summary["problems"], summary["kept_newer"] = self.problems[:MAX_NAMED], self.kept_newer[:MAX_NAMED]
+        return summary
+
+
+@dataclass
+class ImportReport(MoveReport):
+    rows: int = 0
+    imported: int = 0
+    unresolved: int = 0
 
     def count(self, outcome: str, note: str | None) -> None:
         self.rows += 1
@@ -94,22 +108,6 @@ class ImportReport:
     @property
     def failed(self) -> bool:
         return bool(self.unresolved or self.errors)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "imported": self.imported,
-            "unchanged": self.unchanged,
-            "skipped_expired": self.skipped_expired,
-            "skipped_newer": self.skipped_newer,
-            "unresolved": self.unresolved,
-            "errors": self.errors,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 3),
-            "dry_run": self.dry_run,
-            "problems": self.problems[:MAX_NAMED],
-            "kept_newer": self.kept_newer[:MAX_NAMED],
-        }
 
 
 class _Importer:
