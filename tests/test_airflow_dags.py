@@ -39,9 +39,9 @@ RUNS = [f"scheduled__2026-01-{day:02d}" for day in range(1, 13)]  # enough DAG r
 def populate(backend: ObjectStoreBackend) -> dict[str, set[str]]:
     """Expired, live and never-expiring keys over many DAG runs; returns their paths by fate."""
     fates: dict[str, set[str]] = {"expired": set(), "kept": set()}
-    for run_id in RUNS:
+    for number, run_id in enumerate(RUNS):
         for key, expires_at, fate in (("old", PAST, "expired"), ("live", FUTURE, "kept"), ("forever", None, "kept")):
-            scope = TaskScope("etl", run_id, "extract")
+            scope = TaskScope(f"etl{number % 3}", run_id, "extract")  # three DAGs: a key range for each shard
             backend.set(scope, key, json.dumps({"run": run_id}), expires_at=expires_at)
             fates[fate].add(object_path(scope, key))
     backend.set(AssetScope(asset_id=7), "watermark", "100")
@@ -133,9 +133,14 @@ def test_gc_dag_on_s3_in_shards_and_the_example_file_on_the_embedded_default(
     fates["kept"].add(object_path(referenced, "batch"))
     fates["expired"].add(object_path(orphan, "batch"))
     db_url = f"sqlite:///{home / 'airflow.db'}"
-    unsharded = run_gc(
-        backend.store, GCOptions(dry_run=True, offload_grace=timedelta(0), reconciler=AirflowDBReconciler(db_url))
+    # the reference sweep keeps its index apart, so the DAG's shards start from the bucket alone
+    reference = GCOptions(
+        dry_run=True,
+        offload_grace=timedelta(0),
+        reconciler=AirflowDBReconciler(db_url),
+        index_url=str(tmp_path / "reference-index"),
     )
+    unsharded = run_gc(backend.store, reference)
     assert (unsharded.expired, unsharded.offload_orphans, unsharded.live) == (len(RUNS), 1, len(RUNS))
     local = ObjectStoreBackend(StoreSettings(path=str(local_home / "state_store")))
     local_fates = populate(local)
@@ -153,10 +158,7 @@ def test_gc_dag_on_s3_in_shards_and_the_example_file_on_the_embedded_default(
     assert [(ti["state"], ti["label"], ti["xcom"]["shard"]) for ti in shards] == [
         ("success", f"shard {index}/3", f"{index}/3") for index in range(3)
     ]
-    # shards split the key space (a first sweep by DAG, so one DAG's keys may all fall to one shard):
-    # together they scan every object exactly once
-    assert all(ti["xcom"]["errors"] == 0 for ti in shards)
-    assert sum(ti["xcom"]["scanned"] for ti in shards) == unsharded.scanned
+    assert all(ti["xcom"]["scanned"] > 0 and ti["xcom"]["errors"] == 0 for ti in shards)  # each shard had work
     total = instances[("total", -1)]
     assert total["state"] == "success" and total["xcom"] == add_up_summaries(ti["xcom"] for ti in shards)
     assert {name: total["xcom"][name] for name in COUNTERS} == {name: getattr(unsharded, name) for name in COUNTERS}
