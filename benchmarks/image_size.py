@@ -64,7 +64,7 @@ def main() -> None:
         print(f"installing {AIRFLOW} alone...", file=sys.stderr)
         theirs = airflow_venv(work)
         rows = [
-            ("objstore-backend[s3,gcs]: the final stage's venv", ours),
+            ("objstore-backend with the Dockerfile's extras: the final stage's venv", ours),
             (f"{AIRFLOW} alone: the floor of apache/airflow:3.3.2", theirs),
         ]
         sizes = [(name, installed_bytes(venv) / 1e6, layer_bytes(venv, work) / 1e6) for name, venv in rows]
