@@ -247,7 +247,7 @@ class _Sweep:
             self.report._error(f"listing {self.store.display_path(cursor.range.after or '')}...: {exc!r}")
 
     async def run(self, fs: Any) -> None:
-        plan, discovery_requests = await self.index.plan(self.store, fs)
+        plan, discovery_requests = await self.index.plan(self.store, fs, self.options.shard[1])
         self.counts.list_requests += discovery_requests
         listers = plan.lister_groups(plan.shard_units(*self.options.shard), self.options.list_concurrency)
         self.report.ranges = len(listers)

@@ -195,9 +195,9 @@ class SweepIndex:
         logger.warning("gc index: %s: a full pass where it applies", error)
         self.on_damage(str(error))
 
-    async def plan(self, store: ObjectStore, fs: Any) -> tuple[Plan, int]:
-        """The stored plan, or a discovery's of ``store`` (stored for the next shards): the plan
-        and the listing requests the discovery took."""
+    async def plan(self, store: ObjectStore, fs: Any, shards: int = 1) -> tuple[Plan, int]:
+        """The stored plan, or a discovery's of ``store`` for ``shards`` shards (stored for the
+        next shards): the plan and the listing requests the discovery took."""
         try:
             body = await self.location.read_document("plan.json", "plan")
             if body is not None:
@@ -206,7 +206,7 @@ class SweepIndex:
             self.damaged(exc)
         except (KeyError, TypeError, ValueError) as exc:
             self.damaged(IndexDamaged(f"plan.json: unreadable ({exc!r})"))
-        plan, requests = await discover(store.transport, fs, store.full_path(""))
+        plan, requests = await discover(store.transport, fs, store.full_path(""), shards)
         if self.writable:
             await self.location.write_document("plan.json", "plan", plan.to_dict())
         return plan, requests

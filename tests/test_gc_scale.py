@@ -6,7 +6,10 @@ objects stand in for millions: what is asserted are ratios and counts per change
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,8 +24,8 @@ from objstore_backend.config import StoreSettings
 from objstore_backend.gc import GCOptions, GCReport, run_gc
 from objstore_backend.gc_index import _UnitWriter
 from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
-from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
-from objstore_backend.store import ObjectStore
+from objstore_backend.partition import KeyRange, Plan, balanced_cuts, discover, discovery_budget, rebalance
+from objstore_backend.store import ObjectMetadata, ObjectStore
 
 NOW = datetime.now(timezone.utc)
 SOON = NOW + timedelta(hours=1)
@@ -267,3 +270,65 @@ def test_the_command_validates_and_reports_the_new_fields(
         "ranges": 1,
     }
     assert summary["list_requests"] >= 1
+
+
+def one_run_holds_half(total: int) -> list[str]:
+    """Keys where one DAG run (a task mapped 250 ways) holds half, twelve small DAGs the rest."""
+    keys = [f"task/etl/manual__1/t{i % 4}/{i // 4 % 250}/k{i}" for i in range(total // 2)]
+    keys += [f"task/dag{i % 12:02}/run{i // 120:03}/t{i % 3}/-1/k{i}" for i in range(total - len(keys))]
+    return keys
+
+
+def seed(store: ObjectStore, keys: list[str]) -> None:
+    metadata = ObjectMetadata("primary", LATER)
+
+    async def write_all() -> None:
+        semaphore = asyncio.Semaphore(32)
+
+        async def one(key: str) -> None:
+            async with semaphore:
+                await store.awrite(key, b"1", metadata)
+
+        await asyncio.gather(*(one(key) for key in keys))
+
+    asyncio.run(write_all())
+
+
+def shard_order(order: str, shards: int) -> list[int]:
+    forward = list(range(shards))
+    return {"forward": forward, "reverse": forward[::-1], "interleaved": forward[::2] + forward[1::2]}[order]
+
+
+@pytest.mark.parametrize(("shards", "order"), [(4, "forward"), (8, "reverse"), (16, "interleaved")])
+def test_the_first_run_balances_a_bucket_where_one_dag_run_holds_half_the_keys(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, shards: int, order: str
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    moto_server.log.clear()
+    reports = {i: run_gc(store, GCOptions(shard=(i, shards), concurrency=16)) for i in shard_order(order, shards)}
+    heads = Counter(path for method, path, _ in moto_server.log.snapshot() if method == "HEAD")
+    sizes = [r.scanned for r in reports.values()]
+    assert sum(sizes) == len(keys) and sum(r.errors for r in reports.values()) == 0
+    assert len(heads) == len(keys) and set(heads.values()) == {1}  # every key read once, by one shard
+    assert max(sizes) <= 1.5 * len(keys) / shards, sizes
+    pages = 2  # one listing of 1,600 keys
+    assert moto_server.log.by_kind()["LIST"] == sum(r.list_requests for r in reports.values())
+    assert sum(r.list_requests for r in reports.values()) <= 1.25 * pages + 3 * shards
+
+
+@pytest.mark.parametrize("store_kind", ["local", "gcs"])
+@pytest.mark.parametrize("shards", [4, 8, 16])
+def test_the_first_plan_is_balanced_on_gcs_and_the_local_disk_too(
+    store_location: tuple[str, dict[str, Any]], shards: int
+) -> None:
+    url, options = store_location
+    store = ObjectStore(url, options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    plan, requests = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), shards))
+    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
+    sizes = [sum(per_unit[u] for u in plan.shard_units(i, shards)) for i in range(shards)]
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / shards, sizes
+    assert requests <= discovery_budget(shards)
