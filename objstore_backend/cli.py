@@ -132,6 +132,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, *, env: str, help: str) ->
     )
 
 
+def _writers_stopped_flag(parser: argparse.ArgumentParser, command: str) -> None:
+    _flag(
+        parser,
+        "--writers-stopped",
+        env="WRITERS_STOPPED",
+        help=f"every task and API server writing the store is stopped: lets {command} run on a filesystem "
+        "without conditional deletes and create-only writes (sftp, ftp, hdfs, smb, webdav), where it "
+        "refuses otherwise (see docs/reliability.md)",
+    )
+
+
 class _StoreTrue(argparse.Action):
     """``store_true`` with a ``type``, so a default read from an env var is checked too."""
 
@@ -238,12 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
             "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
         ],
         exit_status="exit status: 0 all went well, 1 some read, delete or reconciliation failed (see errors), "
-        "2 bad usage",
+        "2 bad usage, or a filesystem without conditional deletes (see --writers-stopped)",
     )
     _sweep_options(
         gc, json_help="print the summary as one JSON object on the last line", concurrency_help="requests in flight"
     )
     _flag(gc, "--dry-run", env="DRY_RUN", help="delete nothing")
+    _writers_stopped_flag(gc, "gc")
     gc.add_argument(
         "--shard",
         type=_option_type(parse_shard),
@@ -340,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
             "import --airflow-db sqlite:////opt/airflow/airflow.db --commonio-path s3://bucket/task-state/",
         ],
         exit_status="exit status: 0 every live row is in the store, 1 some row could not be imported "
-        "(each named on stderr), 2 bad usage",
+        "(each named on stderr), 2 bad usage, or a filesystem without create-only writes (see --writers-stopped)",
     )
     _sweep_options(
         importer,
@@ -362,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compress the values written, as the backend's [objstore_backend] compression (default none)",
     )
     _flag(importer, "--dry-run", env="DRY_RUN", help="write nothing; count what would be written")
+    _writers_stopped_flag(importer, "import")
     importer.add_argument(
         "--commonio-path",
         metavar="URL",
@@ -452,6 +465,7 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
         index_url=args.index or None,
         offload_grace=timedelta(seconds=args.offload_grace),
         batched_deletes=args.delete_mode == "batch",
+        writers_stopped=args.writers_stopped,
         reconciler=args.reconciler,
     )
 
@@ -549,6 +563,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         compression=args.compression,
         commonio=CommonIOSource(commonio_path, args.commonio_storage_options) if commonio_path else None,
+        writers_stopped=args.writers_stopped,
     )
     db = AirflowStateDB(args.airflow_db)
     try:

@@ -16,6 +16,7 @@ __all__ = [
     "StateObjectMissingError",
     "StoreAccessDenied",
     "StoreError",
+    "UnguardedStoreError",
 ]
 
 
@@ -41,3 +42,8 @@ class StoreAccessDenied(StoreError, PermissionError):
 
 class MetadataDBError(OSError):
     """Airflow's metadata DB could not be read: unreachable, refused, or not an Airflow schema."""
+
+
+class UnguardedStoreError(ValueError):
+    """The filesystem cannot make the GC's deletes or ``import``'s writes conditional: run there,
+    they could delete or overwrite a value a writer set meanwhile, so they refuse (a usage error)."""

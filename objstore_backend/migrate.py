@@ -64,6 +64,9 @@ class ImportOptions:
     compression: str = "none"
     #: where common.io's references point; ``None``: such a reference is an error, named
     commonio: CommonIOSource | None = None
+    #: Every writer of the store is stopped for the run: import even where create-only writes
+    #: cannot be conditional (see :meth:`~objstore_backend.store.ObjectStore.check_guarded`).
+    writers_stopped: bool = False
 
 
 @dataclass
@@ -247,10 +250,16 @@ def run_import(
     progress: Callable[[int], None] | None = None,
     on_problem: Callable[[str], None] = lambda note: None,
 ) -> ImportReport:
-    """Import every live row of ``db`` into ``store``; a DB failure midway is reported, not raised."""
+    """Import every live row of ``db`` into ``store``; a DB failure midway is reported, not raised.
+
+    Raises :class:`~objstore_backend.errors.UnguardedStoreError`, before any row is read, where
+    the store cannot write create-only (a dry run writes nothing: it runs anywhere).
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     options = options or ImportOptions()
+    if not options.dry_run:
+        store.check_guarded("import", writers_stopped=options.writers_stopped)
     report = ImportReport(dry_run=options.dry_run)
     started = time.monotonic()
     try:

@@ -31,9 +31,9 @@ import fsspec.asyn
 from fsspec.core import split_protocol
 
 from objstore_backend.codec import check_json_document, decompress
-from objstore_backend.errors import CorruptObjectError, StoreError
+from objstore_backend.errors import CorruptObjectError, StoreError, UnguardedStoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES, is_reserved
-from objstore_backend.transports import GONE, LocalTransport, S3Transport, Transport, transport_for
+from objstore_backend.transports import GONE, GUARDED_STORES, LocalTransport, S3Transport, Transport, transport_for
 from objstore_backend.transports.base import (
     META_ADOPTED,
     META_EXPIRES,
@@ -121,7 +121,7 @@ _T = TypeVar("_T")
 #: The option the store reads out of ``storage_options`` for its :class:`RetryPolicy`.
 RETRY_OPTION = "retry"
 
-#: Options that make s3fs/gcsfs answer from the store, never from a process-local cache.
+#: Options that make s3fs/gcsfs (and ftp's, sftp's... clients) answer from the store, never from a process-local cache.
 _NO_CACHE = {"skip_instance_cache": True, "use_listings_cache": False}
 
 
@@ -203,6 +203,25 @@ class ObjectStore:
                 "(or an Airflow connection id, scheme://conn_id@bucket/...), never in the URL"
             )
 
+    def check_guarded(self, command: Literal["gc", "import"], *, writers_stopped: bool = False) -> None:
+        """Refuse to run ``command`` where the transport cannot make it safe against writers.
+
+        The GC deletes a key only if it is still the version it found expired; ``import``
+        writes a key only if none is there yet. Without that condition in the store, a key a
+        writer sets meanwhile would be deleted, or overwritten. ``writers_stopped``: the
+        operator has stopped every writer of the store for the run, so no condition is needed.
+        """
+        needed = "supports_conditional_delete" if command == "gc" else "supports_create_only"
+        if writers_stopped or getattr(self.transport, needed):
+            return
+        what = "conditional deletes" if command == "gc" else "create-only writes"
+        risk = "delete a key rewritten meanwhile" if command == "gc" else "overwrite a key set meanwhile"
+        raise UnguardedStoreError(
+            f"{command} refuses to run on {self.url}: the {self.protocol} filesystem has no {what}, so it "
+            f"could {risk}. They run on {GUARDED_STORES}; on {self.protocol}, only with every writer of the "
+            f"store stopped for the run (--writers-stopped)"
+        )
+
     def _check_root_length(self) -> None:
         key_part = self.root.split("/", 1)[1] if self.transport.is_async and "/" in self.root else ""
         if len(key_part.encode()) > MAX_BASE_KEY_BYTES:
@@ -224,6 +243,8 @@ class ObjectStore:
                 options["loop"] = loop
         elif self.protocol == "memory":
             options.setdefault("skip_instance_cache", True)
+        else:  # sftp, ftp, ...: no listing cached in this process, a client of the store's own
+            options = {**_NO_CACHE, **options}
         return cls(**options)
 
     # -- running a transport coroutine, sync or on the caller's loop ---------------------

@@ -23,6 +23,7 @@ from tests.airflow_home import migrate
 from tests.servers import (
     CountingMotoServer,
     CountingProxy,
+    FTPServer,
     azurite,
     azurite_connection_string,
     create_azure_container,
@@ -225,3 +226,17 @@ def postgres_server() -> Iterator[Any]:
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FTPServer]:
+    """An FTP server (fsspec's ``ftp``): a filesystem with no conditional delete or create."""
+    server = FTPServer(tmp_path_factory.mktemp("ftp")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ftp_location(ftp_server: FTPServer) -> tuple[str, dict[str, Any]]:
+    """A fresh base path on the FTP server, and its storage options."""
+    return f"ftp:///state-{uuid.uuid4().hex[:12]}", ftp_server.storage_options

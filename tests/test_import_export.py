@@ -9,6 +9,9 @@ import gzip
 import hashlib
 import json
 import sqlite3
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,13 @@ from typing import Any
 import orjson
 import pytest
 from airflow.sdk.state import AssetScope, TaskScope
+from fsspec.implementations.memory import MemoryFileSystem
 
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.layout import object_path
+from objstore_backend.store import ObjectMetadata, ObjectStore
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LATER = NOW + timedelta(days=2)
@@ -227,3 +232,46 @@ def test_import_writes_one_request_per_live_row_on_s3(
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["unchanged"] == 25
     assert moto_server.log.by_kind() == {"PUT": 25, "GET": 25}  # refused create-only PUTs, then a read each
     assert backend.get(RUN, "k24") == "24"
+
+
+def test_import_refuses_a_filesystem_without_create_only_writes(
+    state_db: StateDB, ftp_location: tuple[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FTP (like sftp, hdfs, smb, webdav) cannot write only where no object is: ``import`` could
+    overwrite a value the API server set meanwhile, so it refuses unless every writer is stopped."""
+    url, ftp_options = ftp_location
+    state_db.task("cursor", "1")
+    argv = ["import", "--path", url, "--storage-options", json.dumps(ftp_options), "--airflow-db", state_db.url]
+    assert cli.main([*argv, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "import refuses to run on ftp:///state-" in err and "no create-only writes" in err and "s3://" in err
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=ftp_options))
+    assert backend.get(RUN, "cursor") is None  # nothing written
+    assert cli.main([*argv, "--json", "--writers-stopped"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["imported"] == 1
+    assert backend.get(RUN, "cursor") == "1"
+
+
+class SlowMemoryFileSystem(MemoryFileSystem):
+    """The memory filesystem, its writes taking a while: two writes of one key overlap."""
+
+    def pipe_file(self, path: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)
+        super().pipe_file(path, value, *args, **kwargs)
+
+
+def test_create_only_writes_on_memory_are_decided_under_one_lock() -> None:
+    """``import``'s create-only write of a key another writer creates at the same moment: one wins."""
+    store = ObjectStore(f"memory://create-{uuid.uuid4().hex[:12]}/state", filesystem=SlowMemoryFileSystem())
+    path = object_path(RUN, "cursor")
+
+    def create(value: bytes) -> str:
+        try:
+            store.write(path, value, ObjectMetadata("primary"), create_only=True)
+        except FileExistsError:
+            return "exists"
+        return "written"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(create, [b"1", b"2"]))
+    assert outcomes == ["exists", "written"]

@@ -227,6 +227,10 @@ class Transport(ABC):
 
     #: The filesystem's methods are coroutines (s3fs, gcsfs): bind one instance per loop.
     is_async: bool = True
+    #: :meth:`delete_batch` deletes an object only if it is still the version given (the GC relies on it).
+    supports_conditional_delete: bool = True
+    #: ``write(create_only=True)`` is decided by the store in the same request (``import`` relies on it).
+    supports_create_only: bool = True
 
     def __init__(self, retry: RetryPolicy | None = None, display: Callable[[str], str] | None = None) -> None:
         self.retry = retry or RetryPolicy()
