@@ -42,7 +42,7 @@ def _bucket_requests(moto: CountingMotoServer) -> int:
 # -- the overview ------------------------------------------------------------------------------
 
 
-def test_inventory_is_taken_on_demand_and_read_a_page_at_a_time(
+def test_inventory_is_taken_on_demand_once_and_read_a_page_at_a_time(
     deployment: Deployment, moto_server: CountingMotoServer
 ) -> None:
     server = deployment.server
@@ -54,6 +54,11 @@ def test_inventory_is_taken_on_demand_and_read_a_page_at_a_time(
     assert scanned > before  # this one scanned the bucket
     assert taken["inventory"]["keys"] == objects
     assert [d["dag_id"] for d in taken["dags"]] == [DAG_ID] and taken["total_dags"] == 1
+
+    # a second request right after (a second click, another user) gets that inventory: no rescan
+    again = server.call("POST", INVENTORY, "admin").json()
+    assert _bucket_requests(moto_server) == scanned
+    assert again["taken_at"] == taken["taken_at"] and again["inventory"] == taken["inventory"]
 
     page = server.call("GET", f"{OVERVIEW}?limit=1&offset=1", "viewer").json()
     assert page["dags"] == [] and page["taken_at"] == taken["taken_at"]
