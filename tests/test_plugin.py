@@ -2,7 +2,8 @@
 
 One deployment for the module: moto's S3 server, the backend in primary mode, the example
 DAG run once by ``airflow dags test`` (state written by real tasks), and an API server with
-SimpleAuthManager (an admin and a viewer). Everything is checked over real HTTP: Airflow's
+the users of :mod:`tests.airflow_api` (an admin and a viewer here). The overview, and a user
+limited to one DAG, are in ``test_plugin_authz``. Everything is checked over real HTTP: Airflow's
 auth on every route, cross-site write refusal, the values against ``backend.get``, hostile
 input, Airflow's own state-store routes refusing, and the task instance tab in a browser.
 """
@@ -372,18 +373,6 @@ def test_hostile_ids_and_bodies_get_clear_answers_and_stay_in_scope(deployment: 
     entry = server.call("GET", expired_path, "admin").json()
     assert entry["expired"] is True and entry["value"] == 1
     assert backend.get(scope, "stale") is None
-
-
-def test_overview_is_taken_on_demand_and_read_a_page_at_a_time(deployment: Deployment) -> None:
-    server = deployment.server
-    untaken = server.call("GET", "/objstore-backend/overview", "viewer").json()
-    assert untaken["taken_at"] is None or untaken["inventory"] is not None
-    taken = server.call("POST", "/objstore-backend/overview/inventory", "viewer").json()
-    objects = list(deployment.backend.store.iter_objects())
-    assert taken["inventory"]["keys"] == len(objects)
-    assert [d["dag_id"] for d in taken["dags"]] == [DAG_ID] and taken["total_dags"] == 1
-    page = server.call("GET", "/objstore-backend/overview?limit=1&offset=1", "viewer").json()
-    assert page["dags"] == [] and page["taken_at"] == taken["taken_at"]
 
 
 # -- the task instance tab in a real browser --------------------------------------------------

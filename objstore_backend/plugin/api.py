@@ -18,11 +18,12 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.common.parameters import QueryLimit, QueryOffset
 from airflow.api_fastapi.core_api.datamodels.asset_state_store import AssetStateStoreBody
 from airflow.api_fastapi.core_api.datamodels.task_state_store import TaskStateStoreBody, TaskStateStorePatchBody
-from airflow.api_fastapi.core_api.security import requires_access_asset, requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_asset, requires_access_dag
 from airflow.state import AssetScope, TaskScope
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ValidationError
@@ -31,7 +32,7 @@ from objstore_backend.errors import StoreError
 from objstore_backend.plugin.models import AssetStateCollection, StateEntry, TaskStateCollection
 from objstore_backend.plugin.state import BucketState, DatabaseState, Entry, StateSource, configured_mode
 
-__all__ = ["CSRF_HEADER", "SourceDep", "Sources", "router", "unforgeable_write"]
+__all__ = ["CSRF_HEADER", "READ_EVERY_DAG", "SourceDep", "Sources", "router", "unforgeable_write"]
 
 #: The header the plugin's pages send with every write (any value).
 CSRF_HEADER = "X-Objstore-Backend"
@@ -141,6 +142,24 @@ def _one(entry: Entry | None, what: str) -> StateEntry:
     if entry.value is None and entry.problem:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, entry.problem)
     return StateEntry.of(entry)
+
+
+def _read_every_dag(user: GetUserDep) -> None:
+    """Airflow's check for reading every DAG's task instances, whatever the query names.
+
+    ``requires_access_dag`` authorizes the ``dag_id`` of the query when the path has none, so on
+    a route about every DAG, ``?dag_id=mine`` would pass with access to one DAG. This asks the
+    auth manager what Airflow's own cross-DAG routes (``/dags/~/...``) ask: no DAG named.
+    """
+    allowed = get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.TASK_INSTANCE, details=DagDetails(id=None), user=user
+    )
+    if not allowed:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+
+
+#: The overview's permission: every DAG's keys are counted, so reading all DAGs' task instances.
+READ_EVERY_DAG = Depends(_read_every_dag)
 
 
 # -- task instances ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from airflow.api_fastapi.core_api.security import requires_access_asset, require
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
-from objstore_backend.plugin.api import CSRF_HEADER
+from objstore_backend.plugin.api import CSRF_HEADER, READ_EVERY_DAG
 
 __all__ = ["router"]
 
@@ -69,7 +69,7 @@ def assets_page(request: Request, asset_id: int | None = None) -> HTMLResponse:
     return _page(request, "Asset state (object storage)", "", {"page": "asset", "asset_id": asset_id})
 
 
-@router.get("/ui/overview", dependencies=[_READ_TASKS], response_class=HTMLResponse)
+@router.get("/ui/overview", dependencies=[READ_EVERY_DAG], response_class=HTMLResponse)
 def overview_page(request: Request) -> HTMLResponse:
     """Keys and bytes by DAG, the GC backlog and the bucket's findings, from the last inventory."""
     return _page(
