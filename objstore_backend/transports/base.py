@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -76,12 +77,22 @@ class ListedObject:
 
 
 def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC, the year always four digits (``strftime("%Y")`` writes year 999 as ``999``)."""
     if moment.tzinfo is None:
         raise ValueError(f"expires_at must be timezone-aware (UTC), got naive {moment!r}")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is outside the years 1 to 9999 in UTC") from None
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+#: A year of fewer than four digits: how years before 1000 were written before they were padded.
+_SHORT_YEAR = re.compile(r"^([0-9]{1,3})-")
 
 
 def parse_time(text: str) -> datetime:
+    text = _SHORT_YEAR.sub(lambda found: found.group(1).zfill(4) + "-", text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"time without a zone: {text!r}")
