@@ -29,7 +29,6 @@ import orjson
 
 from objstore_backend.codec import check_json_document, compress, validate_json_text
 from objstore_backend.commonio import CommonIOSource, is_path_ref
-from objstore_backend.errors import StoreError
 from objstore_backend.layout import object_path, parse
 from objstore_backend.state_rows import AirflowStateDB, StateRow
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
@@ -212,7 +211,7 @@ class _Importer:
             return await self._import(row)
         except FileExistsError:
             return NEWER, f"{row}: written by someone else while importing it"
-        except (StoreError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # the store, or a row's source, failed or is damaged
             return ERROR, f"{row}: {exc}"
 
 

@@ -185,6 +185,42 @@ def test_bad_rows_are_named_and_every_other_row_imported(
     assert status == 1 and any("--commonio-path" in note for note in summary["problems"])
 
 
+def test_a_damaged_commonio_object_is_one_named_error_and_every_other_row_imported(
+    state_db: StateDB, ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``.gz`` that is not gzip raised an uncaught OSError: no summary, later rows not imported."""
+    commonio = tmp_path / "commonio"
+    where = commonio / "etl" / "manual__1" / "load" / "-1"
+    where.mkdir(parents=True)
+    damaged = {
+        "not_gzip.gz": b'{"plain": "text"}',
+        "cut_short.gz": gzip.compress(b'{"rows": [1, 2, 3]}')[:-6],
+        "not_bz2.bz2": b"BZh9 and then nothing",
+        "not_json": b"app_1234",
+        "not_json_inside.gz": gzip.compress(b"{oops"),
+    }
+    for name, body in damaged.items():
+        (where / name).write_bytes(body)
+    (where / "fine.gz").write_bytes(gzip.compress(b'{"rows": [4]}'))
+    for name in damaged:
+        state_db.task(name.split(".")[0], _wrapped(f"file://{where}/{name}"))
+    state_db.task("fine", _wrapped(f"file://{where}/fine.gz"))
+    state_db.task("missing", _wrapped(f"file://{where}/gone.gz"))
+    state_db.task("plain", "1")
+
+    status, summary, err = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
+    assert status == 1
+    assert (summary["rows"], summary["imported"], summary["errors"], summary["unresolved"]) == (8, 2, 5, 1)
+    named = "\n".join(summary["problems"])
+    for name in damaged:
+        key = name.split(".")[0]
+        assert f"task etl/manual__1/load/-1/{key}: the common.io object file://{where}/{name}" in named
+        assert f"/{key}:" in err
+    assert "is damaged: not a whole gzip stream" in named and "is damaged: not a whole bz2 stream" in named
+    assert "invalid character at byte 0" in named and "is missing" in named
+    assert ours.get(RUN, "fine") == '{"rows": [4]}' and ours.get(RUN, "plain") == "1"
+
+
 def test_a_db_that_is_not_airflows_fails_clearly_before_anything_is_written(
     ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
