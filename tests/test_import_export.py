@@ -8,7 +8,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ from airflow.sdk.state import AssetScope, TaskScope
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.layout import object_path
+from objstore_backend.layout import encode_segment, is_hashed, object_path
+from objstore_backend.store import ObjectMetadata
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LATER = NOW + timedelta(days=2)
@@ -55,6 +59,19 @@ class StateDB:
                 "INSERT INTO asset_state_store (asset_id, key, value, updated_at) VALUES (?, ?, ?, ?)",
                 (asset_id, key, value, _db_time(NOW)),
             )
+
+    def dag_run(self, scope: TaskScope = RUN) -> None:
+        """The DAG run ``scope`` belongs to, as ``export`` needs one for each task row."""
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "INSERT INTO dag_run (id, dag_id, run_id, run_type, run_after, state) "
+                "VALUES (1, ?, ?, 'manual', ?, 'running')",
+                (scope.dag_id, scope.run_id, _db_time(NOW)),
+            )
+
+    def task_keys(self) -> dict[str, str]:
+        with sqlite3.connect(self.path) as db:
+            return dict(db.execute("SELECT key, value FROM task_state_store").fetchall())
 
     def digest(self) -> str:
         """Of the DB's content (the file itself changes when SQLite checkpoints its journal)."""
@@ -263,3 +280,46 @@ def test_import_writes_one_request_per_live_row_on_s3(
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["unchanged"] == 25
     assert moto_server.log.by_kind() == {"PUT": 25, "GET": 25}  # refused create-only PUTs, then a read each
     assert backend.get(RUN, "k24") == "24"
+
+
+#: Keys whose escaped form is too long for a path segment: stored under a hashed name.
+LONG_KEYS = {
+    "x" * 200: '"two hundred"',
+    "/".join(["warehouse"] * 14)[:135]: '{"path": true}',
+    "状态存储后端的长键名测试用例数据十八": "[18]",
+}
+
+
+def test_export_gives_long_keys_back_whole_and_names_those_it_cannot(
+    state_db: StateDB, s3_bucket: str, s3_options: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Import, then export, on S3: the DB rows carry the keys, not their hashed names. A hashed object
+    that records no key (written before keys were recorded, or a key too long for S3's 2 KB of
+    metadata) is an error naming it, exit 1."""
+    assert all(is_hashed(encode_segment(key)) for key in LONG_KEYS)
+    state_db.dag_run()
+    for key, value in LONG_KEYS.items():
+        state_db.task(key, value)
+    url, options = f"s3://{s3_bucket}/state", json.dumps(s3_options)
+    assert cli.main(["import", "--path", url, "--storage-options", options, "--airflow-db", state_db.url]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(state_db.path) as db:
+        db.execute("DELETE FROM task_state_store")
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=s3_options))
+    unrecorded, too_long = "y" * 200, "键" * 512  # 512 characters: the longest key Airflow's column holds
+    backend.store.write(object_path(RUN, unrecorded), b"1", ObjectMetadata("primary"))  # as written before
+    backend.set(RUN, too_long, "2")
+    assert backend.get(RUN, too_long) == "2"  # stored and read; only its key is not recorded
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=state_db.url)
+    command = [str(Path(sys.executable).parent / "objstore-backend"), "export", "--path", url, "--storage-options"]
+    result = subprocess.run([*command, options, "--json"], env=env, capture_output=True, text=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 1, result.stderr
+    assert (summary["exported"], summary["errors"]) == (3, 2), summary
+    assert state_db.task_keys() == LONG_KEYS
+    for key in (unrecorded, too_long):
+        assert any(
+            note.startswith(object_path(RUN, key)) and "cannot be recovered" in note for note in summary["problems"]
+        ), summary["problems"]
