@@ -24,7 +24,7 @@ from airflow.sdk.state import BaseStoreBackend as _SdkBase
 from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
 from objstore_backend.errors import StateObjectMissingError, StoreError
-from objstore_backend.layout import ScopeKind, object_path, parse, scope_prefix
+from objstore_backend.layout import ScopeKind, object_path, parse, recorded_key, scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ def settings_from_airflow() -> StoreSettings:
     return StoreSettings.from_mapping({key: conf.get(SECTION, key, fallback="") for key in KEYS})
 
 
-def _adopted(expires_at: datetime | None) -> ObjectMetadata:
+def _adopted(expires_at: datetime | None, key: str) -> ObjectMetadata:
     """An object the server adopted from the worker: Airflow's expiry, and the GC's to collect."""
-    return ObjectMetadata("offload", expires_at, adopted=True, updated_at=datetime.now(timezone.utc))
+    return ObjectMetadata(
+        "offload", expires_at, adopted=True, updated_at=datetime.now(timezone.utc), key=recorded_key(key)
+    )
 
 
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
@@ -131,8 +133,10 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
-        if source is None or not self.store.adopt(source, path, _adopted(expires_at)):
-            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
+        if source is None or not self.store.adopt(source, path, _adopted(expires_at, key)):
+            metadata = ObjectMetadata(
+                "primary", expires_at, updated_at=datetime.now(timezone.utc), key=recorded_key(key)
+            )
             self.store.write(path, compress(body, self.settings.compression), metadata)
 
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
@@ -154,8 +158,10 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
-        if source is None or not await self.store.aadopt(source, path, _adopted(expires_at)):
-            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
+        if source is None or not await self.store.aadopt(source, path, _adopted(expires_at, key)):
+            metadata = ObjectMetadata(
+                "primary", expires_at, updated_at=datetime.now(timezone.utc), key=recorded_key(key)
+            )
             await self.store.awrite(path, compress(body, self.settings.compression), metadata)
 
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
@@ -197,7 +203,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         self.store.write(
             path,
             compress(body, self.settings.compression),
-            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc)),
+            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc), key=recorded_key(key)),
         )
         return OBJECT_REF_PREFIX + path
 

@@ -24,7 +24,7 @@ from objstore_backend.codec import COMPRESSIONS
 from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreSettings, parse_storage_options
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
-from objstore_backend.layout import parse
+from objstore_backend.layout import is_hashed, original_key, parse
 from objstore_backend.reconcile import AirflowDBReconciler, create_db_engine
 from objstore_backend.store import ObjectStore, json_text
 
@@ -424,7 +424,8 @@ def _describe(store: ObjectStore, path: str, size: int) -> dict[str, Any]:
     if metadata is None:  # deleted since the listing
         return {**entry, "mode": "gone"}
     expires = metadata.expires_at.isoformat() if metadata.expires_at else None
-    return {**entry, "mode": metadata.mode, "expires_at": expires, "expired": metadata.is_expired()}
+    key = original_key(location, metadata.key)  # None: hashed in the path and not recorded
+    return {**entry, "key": key, "mode": metadata.mode, "expires_at": expires, "expired": metadata.is_expired()}
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -438,7 +439,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 row["mode"], "-"
             )
             flag = " (expired)" if row.get("expired") else ""
-            print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}")
+            hashed = "key" in row and is_hashed(row["path"].rsplit("/", 1)[-1])
+            key = (f"  (key {row['key']!r})" if row["key"] else "  (key not recorded)") if hashed else ""
+            print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}{key}")
     return EXIT_OK
 
 

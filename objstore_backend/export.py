@@ -8,7 +8,8 @@ A row already in the DB with the same value and expiry is left alone (a second r
 nothing); one updated after the object's value was set (``updated_at``) is newer and kept;
 a row as old as the object (the row it was imported from, maybe a reference) gets the value. A key
 whose DAG run or asset is gone from the DB has no row to go to (foreign keys): counted as
-``no_owner`` and named. The store is only read.
+``no_owner`` and named. A key hashed in its path goes back under the key the object records;
+one that records none cannot be recovered and is an error, named. The store is only read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from objstore_backend.codec import check_json_document
 from objstore_backend.errors import CorruptObjectError, StoreError
-from objstore_backend.layout import Location, ScopeKind, is_hashed, parse
+from objstore_backend.layout import Location, ScopeKind, is_hashed, original_key, parse
 from objstore_backend.migrate import MoveReport
 from objstore_backend.store import ListedObject, ObjectStore
 
@@ -111,9 +112,15 @@ class _Exporter:
         if meta.is_expired(self.now):
             return "skipped_expired", None
         scope = _scope(location, path)
+        key = original_key(location, meta.key)
+        if key is None:
+            raise ValueError(
+                f"{path}: the key is too long to keep whole in the path, and the object does not record it "
+                "(written before keys were recorded, or too long for the store's metadata): it cannot be recovered"
+            )
         check_json_document(found.body)
         value = found.body.decode("utf-8")
-        row = self._existing_row(scope, location.key)
+        row = self._existing_row(scope, key)
         expires_at = meta.expires_at if hasattr(scope, "task_id") else None
         if row is not None:
             row_expires = getattr(row, "expires_at", None)
@@ -124,7 +131,7 @@ class _Exporter:
             if written is None or row.updated_at > written:
                 return "skipped_newer", f"{path}: the DB row (updated {row.updated_at.isoformat()}) is newer"
         if not dry_run:
-            self.backend.set(scope, location.key, value, expires_at=expires_at, session=self.session)
+            self.backend.set(scope, key, value, expires_at=expires_at, session=self.session)
             self.session.commit()
         self.report.bytes += len(found.body)
         return "exported", None

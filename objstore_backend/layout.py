@@ -12,6 +12,8 @@ Paths here are relative to the store's base path. Every id and key is one escape
 so no id can leave its prefix or collide with another, and every prefix ends in ``/`` so
 clearing task ``t`` never touches ``t2``, nor map index ``1`` index ``10``. The GC and the
 audit parse paths back with :func:`parse`; what does not parse is foreign and never deleted.
+A segment too long for a path is hashed; for a key, the object records the key itself
+(:func:`recorded_key`, :func:`original_key`), so ``export`` and listings can give it back.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ __all__ = [
     "is_hashed",
     "is_reserved",
     "object_path",
+    "original_key",
     "parse",
+    "recorded_key",
     "scope_prefix",
 ]
 
@@ -110,6 +114,20 @@ def encode_segment(value: str) -> str:
     stem = escaped[:_STEM_BYTES]
     stem = stem[: stem.rfind("%")] if "%" in stem[-2:] else stem  # never cut a %XX in half
     return f"{stem}~{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def recorded_key(key: str) -> str | None:
+    """``key`` itself when its segment is hashed, else ``None``: what the object must record,
+    since its path cannot give the key back."""
+    return key if is_hashed(encode_segment(key)) else None
+
+
+def original_key(location: Location, recorded: str | None) -> str | None:
+    """The key of the object at ``location``: from its path, or, for a hashed segment, the key the
+    object recorded (:func:`recorded_key`), if it hashes to that very segment; ``None`` if neither."""
+    if not is_hashed(location.key):
+        return location.key
+    return recorded if recorded is not None and encode_segment(recorded) == location.key else None
 
 
 def decode_segment(segment: str) -> str:

@@ -29,8 +29,7 @@ import orjson
 
 from objstore_backend.codec import check_json_document, compress, validate_json_text
 from objstore_backend.commonio import CommonIOSource, is_path_ref
-from objstore_backend.errors import StoreError
-from objstore_backend.layout import object_path, parse
+from objstore_backend.layout import object_path, parse, recorded_key
 from objstore_backend.state_rows import AirflowStateDB, StateRow
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
@@ -182,7 +181,7 @@ class _Importer:
         return NEWER
 
     async def _write(self, path: str, body: bytes, row: StateRow, *, create_only: bool) -> None:
-        metadata = ObjectMetadata("primary", row.expires_at, updated_at=row.updated_at)
+        metadata = ObjectMetadata("primary", row.expires_at, updated_at=row.updated_at, key=recorded_key(row.key))
         await self.store.awrite(path, compress(body, self.options.compression), metadata, create_only=create_only)
 
     async def _import(self, row: StateRow) -> tuple[str, str | None]:
@@ -215,7 +214,7 @@ class _Importer:
             return await self._import(row)
         except FileExistsError:
             return NEWER, f"{row}: written by someone else while importing it"
-        except (StoreError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # the store, or a row's source, failed or is damaged
             return ERROR, f"{row}: {exc}"
 
 

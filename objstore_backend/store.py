@@ -37,6 +37,7 @@ from objstore_backend.transports import GONE, GUARDED_STORES, LocalTransport, S3
 from objstore_backend.transports.base import (
     META_ADOPTED,
     META_EXPIRES,
+    META_KEY,
     META_LAYOUT,
     META_MODE,
     META_UPDATED,
@@ -44,7 +45,9 @@ from objstore_backend.transports.base import (
     ListedObject,
     RetryPolicy,
     describe_cause,
+    format_key,
     format_time,
+    parse_key,
     parse_time,
 )
 from objstore_backend.transports.s3 import S3_CONFIG_DEFAULTS
@@ -73,6 +76,8 @@ class ObjectMetadata:
     expires_at: datetime | None = None
     adopted: bool = False
     updated_at: datetime | None = None  # None: written by a version that did not record it
+    #: The key, on an object whose path holds it hashed (:func:`~objstore_backend.layout.recorded_key`).
+    key: str | None = None
 
     def to_strings(self) -> dict[str, str]:
         meta = {META_LAYOUT: str(LAYOUT_VERSION), META_MODE: self.mode}
@@ -82,6 +87,8 @@ class ObjectMetadata:
             meta[META_ADOPTED] = "1"
         if self.updated_at is not None:
             meta[META_UPDATED] = format_time(self.updated_at)
+        if self.key is not None:
+            meta[META_KEY] = format_key(self.key)
         return meta
 
     @classmethod
@@ -102,6 +109,7 @@ class ObjectMetadata:
             times[META_EXPIRES],
             meta.get(META_ADOPTED) == "1",
             times[META_UPDATED],
+            parse_key(meta[META_KEY]) if META_KEY in meta else None,  # checked against the path by its reader
         )
 
     def is_expired(self, now: datetime | None = None) -> bool:
@@ -315,10 +323,29 @@ class ObjectStore:
         found = await self.transport.head(fs, self.full_path(relative))
         return None if found is None else ObjectMetadata.from_strings(found, self.display_path(relative))
 
+    def _metadata_strings(self, relative: str, metadata: ObjectMetadata) -> dict[str, str]:
+        """The metadata to write; a recorded key the store has no room for is left out, with a warning
+        (the value is still stored: only ``export`` cannot give the key back, and names it)."""
+        strings = metadata.to_strings()
+        limit = self.transport.metadata_bytes
+        if limit is not None and META_KEY in strings:
+            size = sum(len(name.encode()) + len(value.encode()) for name, value in strings.items())
+            if size > limit:
+                del strings[META_KEY]
+                logger.warning(
+                    "%s: its key is too long to record in the object's metadata (%d bytes, the store takes %d): "
+                    "export cannot give this key back",
+                    self.display_path(relative),
+                    size,
+                    limit,
+                )
+        return strings
+
     async def _write(
         self, fs: Any, relative: str, body: bytes, metadata: ObjectMetadata, create_only: bool = False
     ) -> None:
-        await self.transport.write(fs, self.full_path(relative), body, metadata.to_strings(), create_only=create_only)
+        strings = self._metadata_strings(relative, metadata)
+        await self.transport.write(fs, self.full_path(relative), body, strings, create_only=create_only)
 
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
@@ -335,7 +362,7 @@ class ObjectStore:
             return False
         if mode != "offload":
             return False
-        await self.transport.write(fs, self.full_path(target), found[0], metadata.to_strings())
+        await self.transport.write(fs, self.full_path(target), found[0], self._metadata_strings(target, metadata))
         return True
 
     async def _clear_prefix(self, fs: Any, relative_prefix: str) -> int:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +27,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.layout import object_path
+from objstore_backend.layout import encode_segment, is_hashed, object_path
 from objstore_backend.store import ObjectMetadata, ObjectStore
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -60,6 +63,19 @@ class StateDB:
                 "INSERT INTO asset_state_store (asset_id, key, value, updated_at) VALUES (?, ?, ?, ?)",
                 (asset_id, key, value, _db_time(NOW)),
             )
+
+    def dag_run(self, scope: TaskScope = RUN) -> None:
+        """The DAG run ``scope`` belongs to, as ``export`` needs one for each task row."""
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "INSERT INTO dag_run (id, dag_id, run_id, run_type, run_after, state) "
+                "VALUES (1, ?, ?, 'manual', ?, 'running')",
+                (scope.dag_id, scope.run_id, _db_time(NOW)),
+            )
+
+    def task_keys(self) -> dict[str, str]:
+        with sqlite3.connect(self.path) as db:
+            return dict(db.execute("SELECT key, value FROM task_state_store").fetchall())
 
     def digest(self) -> str:
         """Of the DB's content (the file itself changes when SQLite checkpoints its journal)."""
@@ -190,6 +206,42 @@ def test_bad_rows_are_named_and_every_other_row_imported(
     assert status == 1 and any("--commonio-path" in note for note in summary["problems"])
 
 
+def test_a_damaged_commonio_object_is_one_named_error_and_every_other_row_imported(
+    state_db: StateDB, ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``.gz`` that is not gzip raised an uncaught OSError: no summary, later rows not imported."""
+    commonio = tmp_path / "commonio"
+    where = commonio / "etl" / "manual__1" / "load" / "-1"
+    where.mkdir(parents=True)
+    damaged = {
+        "not_gzip.gz": b'{"plain": "text"}',
+        "cut_short.gz": gzip.compress(b'{"rows": [1, 2, 3]}')[:-6],
+        "not_bz2.bz2": b"BZh9 and then nothing",
+        "not_json": b"app_1234",
+        "not_json_inside.gz": gzip.compress(b"{oops"),
+    }
+    for name, body in damaged.items():
+        (where / name).write_bytes(body)
+    (where / "fine.gz").write_bytes(gzip.compress(b'{"rows": [4]}'))
+    for name in damaged:
+        state_db.task(name.split(".")[0], _wrapped(f"file://{where}/{name}"))
+    state_db.task("fine", _wrapped(f"file://{where}/fine.gz"))
+    state_db.task("missing", _wrapped(f"file://{where}/gone.gz"))
+    state_db.task("plain", "1")
+
+    status, summary, err = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
+    assert status == 1
+    assert (summary["rows"], summary["imported"], summary["errors"], summary["unresolved"]) == (8, 2, 5, 1)
+    named = "\n".join(summary["problems"])
+    for name in damaged:
+        key = name.split(".")[0]
+        assert f"task etl/manual__1/load/-1/{key}: the common.io object file://{where}/{name}" in named
+        assert f"/{key}:" in err
+    assert "is damaged: not a whole gzip stream" in named and "is damaged: not a whole bz2 stream" in named
+    assert "invalid character at byte 0" in named and "is missing" in named
+    assert ours.get(RUN, "fine") == '{"rows": [4]}' and ours.get(RUN, "plain") == "1"
+
+
 def test_a_db_that_is_not_airflows_fails_clearly_before_anything_is_written(
     ours: ObjectStoreBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,3 +327,46 @@ def test_create_only_writes_on_memory_are_decided_under_one_lock() -> None:
     with ThreadPoolExecutor(2) as pool:
         outcomes = sorted(pool.map(create, [b"1", b"2"]))
     assert outcomes == ["exists", "written"]
+
+
+#: Keys whose escaped form is too long for a path segment: stored under a hashed name.
+LONG_KEYS = {
+    "x" * 200: '"two hundred"',
+    "/".join(["warehouse"] * 14)[:135]: '{"path": true}',
+    "状态存储后端的长键名测试用例数据十八": "[18]",
+}
+
+
+def test_export_gives_long_keys_back_whole_and_names_those_it_cannot(
+    state_db: StateDB, s3_bucket: str, s3_options: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Import, then export, on S3: the DB rows carry the keys, not their hashed names. A hashed object
+    that records no key (written before keys were recorded, or a key too long for S3's 2 KB of
+    metadata) is an error naming it, exit 1."""
+    assert all(is_hashed(encode_segment(key)) for key in LONG_KEYS)
+    state_db.dag_run()
+    for key, value in LONG_KEYS.items():
+        state_db.task(key, value)
+    url, options = f"s3://{s3_bucket}/state", json.dumps(s3_options)
+    assert cli.main(["import", "--path", url, "--storage-options", options, "--airflow-db", state_db.url]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(state_db.path) as db:
+        db.execute("DELETE FROM task_state_store")
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=s3_options))
+    unrecorded, too_long = "y" * 200, "键" * 512  # 512 characters: the longest key Airflow's column holds
+    backend.store.write(object_path(RUN, unrecorded), b"1", ObjectMetadata("primary"))  # as written before
+    backend.set(RUN, too_long, "2")
+    assert backend.get(RUN, too_long) == "2"  # stored and read; only its key is not recorded
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=state_db.url)
+    command = [str(Path(sys.executable).parent / "objstore-backend"), "export", "--path", url, "--storage-options"]
+    result = subprocess.run([*command, options, "--json"], env=env, capture_output=True, text=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 1, result.stderr
+    assert (summary["exported"], summary["errors"]) == (3, 2), summary
+    assert state_db.task_keys() == LONG_KEYS
+    for key in (unrecorded, too_long):
+        assert any(
+            note.startswith(object_path(RUN, key)) and "cannot be recovered" in note for note in summary["problems"]
+        ), summary["problems"]

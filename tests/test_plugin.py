@@ -25,7 +25,8 @@ import pytest
 
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.layout import scope_prefix
+from objstore_backend.layout import encode_segment, object_path, scope_prefix
+from objstore_backend.store import ObjectMetadata
 from tests.airflow_api import ApiServer, auth_settings
 from tests.airflow_home import airflow_env
 from tests.test_airflow_runs import BACKEND, DAG_ID, run_demo
@@ -245,6 +246,28 @@ def test_writes_land_in_the_bucket(deployment: Deployment) -> None:
     assert server.call("DELETE", asset_path, "admin").status_code == 204
     assert backend.get(AssetScope(asset_id=deployment.asset_id), "note") is None
     assert server.call("GET", "/objstore-backend/assets/999999/state-store", "admin").status_code == 404
+
+
+def test_a_key_hashed_in_its_path_is_listed_and_deleted_by_its_own_name(deployment: Deployment) -> None:
+    """The list showed the hashed name, and a DELETE of it re-escaped it to another path: 204,
+    nothing deleted. An object written before keys were recorded gets a clear refusal instead."""
+    server, backend = deployment.server, deployment.backend
+    scope = deployment.scope("process", 2)
+    long_key, unrecorded = "状态" * 9 + "/" + "k" * 150, "z" * 200
+    backend.set(scope, long_key, '"whole"')
+    backend.store.write(object_path(scope, unrecorded), b'"old"', ObjectMetadata("primary"))  # as written before
+    listed = server.call("GET", deployment.task_path("process", map_index=2), "viewer").json()["task_state_store"]
+    hashed_name = encode_segment(unrecorded)
+    assert {long_key, hashed_name} <= {e["key"] for e in listed}
+    assert [e["value"] for e in listed if e["key"] == long_key] == ["whole"]
+
+    assert server.call("DELETE", deployment.task_path("process", long_key, map_index=2), "admin").status_code == 204
+    assert backend.get(scope, long_key) is None and backend.store.head(object_path(scope, long_key)) is None
+
+    refused = server.call("DELETE", deployment.task_path("process", hashed_name, map_index=2), "admin")
+    assert refused.status_code == 400 and "does not record the key" in refused.json()["detail"]
+    assert backend.store.head(object_path(scope, unrecorded)) is not None
+    backend.store.delete(object_path(scope, unrecorded))
 
 
 # -- cross-site writes ---------------------------------------------------------------------

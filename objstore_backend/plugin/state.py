@@ -28,8 +28,9 @@ from airflow.state import AssetScope, TaskScope
 from objstore_backend.backend import INLINE_REF_PREFIX, OBJECT_REF_PREFIX, ObjectStoreBackend
 from objstore_backend.codec import decode_json, encode_json
 from objstore_backend.errors import StoreError
-from objstore_backend.layout import object_path, parse, scope_prefix
+from objstore_backend.layout import Location, is_hashed, object_path, original_key, parse, scope_prefix
 from objstore_backend.store import ListedObject, ObjectMetadata
+from objstore_backend.transports.base import META_KEY, parse_key
 
 __all__ = ["VALUE_LIMIT_BYTES", "BucketState", "DatabaseState", "Entry", "Mode", "StateSource", "configured_mode"]
 
@@ -164,9 +165,24 @@ class BucketState(StateSource):
     mode: Mode = "primary"
 
     async def _keys(self, scope: Scope) -> list[tuple[str, ListedObject]]:
+        """The scope's keys and their objects, by key. A key hashed in its path is the one its object
+        records (from the listing where it carries metadata, else one HEAD each); one that records
+        none keeps its hashed name (:meth:`delete` refuses that name, saying why)."""
         listed = await asyncio.to_thread(self._listing, scope_prefix(scope))
-        located = ((parse(path), entry) for path, entry in listed.items())
-        return sorted(((loc.key, entry) for loc, entry in located if loc is not None), key=lambda item: item[0])
+        located = [(location, entry) for location, entry in ((parse(p), e) for p, e in listed.items()) if location]
+
+        async def key_of(location: Location, entry: ListedObject) -> str:
+            if not is_hashed(location.key):
+                return location.key
+            if entry.metadata is not None:
+                recorded = parse_key(entry.metadata[META_KEY]) if META_KEY in entry.metadata else None
+            else:
+                metadata = await self.store.ahead(entry.path)
+                recorded = metadata.key if metadata is not None else None
+            return original_key(location, recorded) or location.key
+
+        keys = await self._gather([key_of(location, entry) for location, entry in located])
+        return sorted(zip(keys, (entry for _, entry in located), strict=True), key=lambda item: item[0])
 
     def _entry(self, key: str, listed: ListedObject, read: _Read) -> Entry:
         metadata = read.metadata
@@ -205,6 +221,15 @@ class BucketState(StateSource):
         return True
 
     async def delete(self, scope: Scope, key: str) -> None:
+        stored = await self.store.ahead(scope_prefix(scope) + key) if is_hashed(key) else None
+        if stored is not None:  # ``key`` is the hashed name a listing shows, not a key
+            raise ValueError(
+                f"{key!r} is the stored name of the key {stored.key!r}: delete that key"
+                if stored.key is not None
+                else f"{key!r} is the stored name of a key too long for a path, and its object does not record "
+                "the key (written before keys were recorded): it cannot be deleted by key. Clearing the "
+                "task's (or asset's) state removes it with the rest"
+            )
         await self.backend.adelete(scope, key)
 
     async def clear(self, scope: Scope, all_map_indices: bool) -> None:

@@ -153,6 +153,9 @@ def _quoted(etag: str | None) -> str | None:
 class AzureTransport(Transport):
     """Azure Blob Storage through the azure-storage-blob SDK (see the module's docstring)."""
 
+    #: Azure blob metadata: 8 KB per object, names and values.
+    metadata_bytes = 8192
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: adlfs instance -> the SDK's synchronous service client, for blob batches (see module docstring)
