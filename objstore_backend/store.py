@@ -39,6 +39,7 @@ from objstore_backend.transports.base import (
     META_EXPIRES,
     META_LAYOUT,
     META_MODE,
+    META_ORIGIN,
     META_UPDATED,
     Body,
     ListedObject,
@@ -73,6 +74,7 @@ class ObjectMetadata:
     expires_at: datetime | None = None
     adopted: bool = False
     updated_at: datetime | None = None  # None: written by a version that did not record it
+    origin: str | None = None  # an adopted copy's source path, where it differs from its own
 
     def to_strings(self) -> dict[str, str]:
         meta = {META_LAYOUT: str(LAYOUT_VERSION), META_MODE: self.mode}
@@ -82,6 +84,8 @@ class ObjectMetadata:
             meta[META_ADOPTED] = "1"
         if self.updated_at is not None:
             meta[META_UPDATED] = format_time(self.updated_at)
+        if self.origin is not None:
+            meta[META_ORIGIN] = self.origin
         return meta
 
     @classmethod
@@ -102,6 +106,7 @@ class ObjectMetadata:
             times[META_EXPIRES],
             meta.get(META_ADOPTED) == "1",
             times[META_UPDATED],
+            meta.get(META_ORIGIN),
         )
 
     def is_expired(self, now: datetime | None = None) -> bool:
