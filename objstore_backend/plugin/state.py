@@ -2,12 +2,14 @@
 
 * **primary** mode (``[state_store] backend`` is ours): the bucket is the truth. A listing of
   the scope's prefix says which keys exist (and their size and time); each value and expiry
-  is read from its object, many reads in flight.
+  is read from its object, many reads in flight. Offload objects left from before a switch are
+  not keys; writes store the value typed, never adopting an object it may name.
 * **offload** mode (``[workers] state_store_backend`` is ours): Airflow's rows say which keys
   exist and when they expire, as tasks see them; a value behind an ``objstore:`` reference is
   read from the bucket. Writes go where a task's would: the value to the bucket through the
   backend's hook, the reference to Airflow's row; deletes remove the row first, like Airflow's
-  worker, then the object it referenced.
+  worker, then the object it referenced. A reference naming any object but its own key's (a row
+  forged through Airflow's REST API) is never read or deleted: the entry shows its ``problem``.
 
 Values larger than :data:`VALUE_LIMIT_BYTES` are not read for a list (a page stays quick
 whatever a task stored); a GET of the key alone returns them whole.
