@@ -13,6 +13,7 @@ __all__ = [
     "BucketNotFoundError",
     "CorruptObjectError",
     "MetadataDBError",
+    "RefusedReferenceError",
     "StateObjectMissingError",
     "StoreAccessDenied",
     "StoreError",
@@ -38,6 +39,10 @@ class CorruptObjectError(StoreError, ValueError):
 
 class StoreAccessDenied(StoreError, PermissionError):
     """The store refused the credentials, or they may not do this (never retried)."""
+
+
+class RefusedReferenceError(ValueError):
+    """A stored reference names another key's object (forged, or copied from another scope): never followed."""
 
 
 class MetadataDBError(OSError):

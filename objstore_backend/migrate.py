@@ -29,8 +29,10 @@ import orjson
 
 from objstore_backend.codec import check_json_document, compress, validate_json_text
 from objstore_backend.commonio import CommonIOSource, is_path_ref
+from objstore_backend.errors import RefusedReferenceError
 from objstore_backend.layout import object_path, parse, recorded_key
-from objstore_backend.state_rows import AirflowStateDB, StateRow
+from objstore_backend.refs import reference_refusal
+from objstore_backend.state_rows import AirflowStateDB, AssetScopeId, StateRow
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
 __all__ = ["ImportOptions", "ImportReport", "MoveReport", "run_import"]
@@ -137,14 +139,19 @@ class _Importer:
         if ref.startswith(_INLINE_REF):
             return validate_json_text(ref[len(_INLINE_REF) :]), None
         if ref.startswith(_OBJECT_REF):
-            return await self._read_own(ref[len(_OBJECT_REF) :])
+            return await self._read_own(ref[len(_OBJECT_REF) :], row)
         if not is_path_ref(ref):  # common.io keeps a value under its threshold as the JSON text
             return validate_json_text(ref), None
         return await self._read_commonio(ref), None
 
-    async def _read_own(self, relative: str) -> tuple[bytes, str]:
+    async def _read_own(self, relative: str, row: StateRow) -> tuple[bytes, str]:
+        """Our offload object behind the row, if it is the row's own key's (never another scope's, copied in)."""
         if parse(relative) is None:
             raise ValueError(f"the reference objstore:{relative} is not a path of this package's layout")
+        names = (row.scope.name, row.scope.uri) if isinstance(row.scope, AssetScopeId) else (None, None)
+        refusal = reference_refusal(relative, row.scope, row.key, asset_name=names[0], asset_uri=names[1])
+        if refusal is not None:
+            raise RefusedReferenceError(f"not imported: {refusal}")
         found = await self.store.aread(relative)
         if found is None:
             raise _Unresolved(f"the referenced object {self.store.display_path(relative)} is missing")

@@ -24,6 +24,13 @@ _COLUMNS = {
     "task_state_store": ("id", "dag_id", "run_id", "task_id", "map_index", "key", "value", "updated_at", "expires_at"),
     "asset_state_store": ("asset_id", "key", "value", "updated_at"),
 }
+#: Read beside each table's own columns: an asset row's asset name and uri, which the references
+#: workers wrote for it name (``asset/name/<name>/<key>``), checked by ``import``.
+_JOINED = {
+    "task_state_store": "",
+    "asset_state_store": ", (SELECT name FROM asset WHERE asset.id = asset_state_store.asset_id) AS asset_name"
+    ", (SELECT uri FROM asset WHERE asset.id = asset_state_store.asset_id) AS asset_uri",
+}
 #: Each table's primary key, the order rows are read in (keyset pagination).
 _KEYSET = {
     "task_state_store": ("id > :id", "id", ("id",)),
@@ -50,9 +57,11 @@ class TaskScopeIds:
 
 @dataclass(frozen=True, slots=True)
 class AssetScopeId:
-    """An asset scope as the API server sees it: by asset id."""
+    """An asset scope as the API server sees it: by asset id (with the name and uri workers know it by)."""
 
     asset_id: int
+    name: str | None = None
+    uri: str | None = None
 
     def __str__(self) -> str:
         return f"asset id={self.asset_id}"
@@ -66,7 +75,7 @@ class StateRow:
     key: str
     value: str | None
     updated_at: datetime | None
-    expires_at: datetime | None  # None: never expires (asset rows never do)
+    expires_at: datetime | None = None  # None: never expires (asset rows never do)
 
     def __str__(self) -> str:
         return f"{self.scope}/{self.key}"
@@ -122,10 +131,9 @@ class AirflowStateDB:
     def _pages(self, table: str) -> Iterator[list[Any]]:
         """The table's rows in pages, by primary key (keyset pagination: each page is one short query)."""
         after, order, key_columns = _KEYSET[table]
-        first = self._sql.text(f"SELECT {', '.join(_COLUMNS[table])} FROM {table} ORDER BY {order} LIMIT {PAGE_ROWS}")
-        rest = self._sql.text(
-            f"SELECT {', '.join(_COLUMNS[table])} FROM {table} WHERE {after} ORDER BY {order} LIMIT {PAGE_ROWS}"
-        )
+        columns = ", ".join(_COLUMNS[table]) + _JOINED[table]
+        first = self._sql.text(f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT {PAGE_ROWS}")
+        rest = self._sql.text(f"SELECT {columns} FROM {table} WHERE {after} ORDER BY {order} LIMIT {PAGE_ROWS}")
         position: dict[str, Any] | None = None
         while True:
             with self._engine.connect() as connection:
@@ -156,7 +164,10 @@ class AirflowStateDB:
                 for r in page
             ]
         for page in self._pages("asset_state_store"):
-            yield [StateRow(AssetScopeId(int(r.asset_id)), r.key, r.value, _utc(r.updated_at), None) for r in page]
+            yield [
+                StateRow(AssetScopeId(int(r.asset_id), r.asset_name, r.asset_uri), r.key, r.value, _utc(r.updated_at))
+                for r in page
+            ]
 
     def close(self) -> None:
         self._engine.dispose()

@@ -40,6 +40,7 @@ from objstore_backend.transports.base import (
     META_KEY,
     META_LAYOUT,
     META_MODE,
+    META_ORIGIN,
     META_UPDATED,
     Body,
     ListedObject,
@@ -78,6 +79,7 @@ class ObjectMetadata:
     updated_at: datetime | None = None  # None: written by a version that did not record it
     #: The key, on an object whose path holds it hashed (:func:`~objstore_backend.layout.recorded_key`).
     key: str | None = None
+    origin: str | None = None  # an adopted copy's source path, where it differs from its own
 
     def to_strings(self) -> dict[str, str]:
         meta = {META_LAYOUT: str(LAYOUT_VERSION), META_MODE: self.mode}
@@ -89,6 +91,8 @@ class ObjectMetadata:
             meta[META_UPDATED] = format_time(self.updated_at)
         if self.key is not None:
             meta[META_KEY] = format_key(self.key)
+        if self.origin is not None:
+            meta[META_ORIGIN] = self.origin
         return meta
 
     @classmethod
@@ -109,7 +113,8 @@ class ObjectMetadata:
             times[META_EXPIRES],
             meta.get(META_ADOPTED) == "1",
             times[META_UPDATED],
-            parse_key(meta[META_KEY]) if META_KEY in meta else None,  # checked against the path by its reader
+            key=parse_key(meta[META_KEY]) if META_KEY in meta else None,  # checked against the path by its reader
+            origin=meta.get(META_ORIGIN),
         )
 
     def is_expired(self, now: datetime | None = None) -> bool:

@@ -256,3 +256,54 @@ def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Pa
     remaining = set(stored_objects(ObjectStore(path)))
     still_referenced = {k for k in EXPECTED_TASK_KEYS if k[0] == "submit_job"}
     assert remaining == still_referenced | {("asset/name", "orders", "watermark")}
+
+
+def test_a_forged_reference_in_airflows_row_is_refused_inside_the_task(migrated_db: Path, tmp_path: Path) -> None:
+    """Offload mode: Airflow's row of one DAG's key (or asset's) holds a reference to another's object,
+    as anyone who may edit that row can store through Airflow's REST API. The task never gets the
+    other's value: its read fails, naming the refusal."""
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from objstore_backend.state_rows import TaskScopeIds
+    from tests.test_switch import DAG_ID as SWITCH_DAG
+    from tests.test_switch import OURS, Deployment
+
+    home, store_path = tmp_path / "home", str(tmp_path / "state")
+    home.mkdir()
+    (home / "airflow.db").write_bytes(migrated_db.read_bytes())
+    deployment = Deployment(
+        home,
+        f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__OBJSTORE_BACKEND__PATH=store_path,
+        AIRFLOW__WORKERS__STATE_STORE_BACKEND=OURS,
+        SWITCH_ASSETS="offload",
+    )
+    run_id = deployment.start_job("offload")  # stores its job id, fails: the next attempt reads it
+    backend = ObjectStoreBackend(StoreSettings(path=store_path))
+    stolen = backend.serialize_task_state_store_to_ref(
+        value="job-from-dag-payroll", key="job_id", scope=TaskScopeIds("payroll", run_id, "step", -1)
+    )
+    with sqlite3.connect(home / "airflow.db") as db:
+        db.execute(
+            "UPDATE task_state_store SET value = ? WHERE run_id = ? AND key = 'job_id'",
+            (json.dumps({"__airflow_state_ref__": stolen}), run_id),
+        )
+
+    def next_attempt() -> str:
+        command = [AIRFLOW, "tasks", "test", SWITCH_DAG, "step", run_id]
+        result = subprocess.run(command, env=deployment.env(), capture_output=True, text=True, cwd=home)
+        return result.stdout + result.stderr
+
+    output = next_attempt()
+    assert "job-from-dag-payroll" not in output and "SWITCH resumed" not in output, output[-5000:]
+    assert f"Airflow's row for state key 'job_id' is refused: the reference names {stolen[9:]}" in output
+
+    # an asset's row naming another asset's object
+    from airflow.sdk.state import AssetScope
+
+    payroll = backend.serialize_asset_state_store_to_ref(value=1000, key="watermark", scope=AssetScope(name="payroll"))
+    with sqlite3.connect(home / "airflow.db") as db:
+        assert db.execute("UPDATE asset_state_store SET value = ?", (json.dumps({"__airflow_state_ref__": payroll}),))
+    output = next_attempt()
+    assert "watermarks=" not in output, output[-5000:]
+    assert f"Airflow's row for state key 'watermark' is refused: the reference names {payroll[9:]}" in output

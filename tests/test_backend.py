@@ -16,6 +16,7 @@ from airflow.state import TaskScope as CoreTaskScope
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.errors import StateObjectMissingError
 from objstore_backend.layout import object_path
+from objstore_backend.refs import reference_refusal
 
 TASK = TaskScope(dag_id="etl", run_id="manual__2026-11-21", task_id="load", map_index=-1)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -236,6 +237,36 @@ def test_both_modes_the_server_adopts_the_workers_asset_object(backend: ObjectSt
     backend.store.delete(object_path(worker_scope, "w"))
     answered = orjson.loads(backend.get(server_scope, "w"))["__airflow_state_ref__"]
     assert backend.deserialize_asset_state_store_from_ref(answered) == {"watermark": 100}
+
+
+@pytest.mark.parametrize("worker_scope", [AssetScope(name="orders"), AssetScope(uri="s3://data/orders/")], ids=repr)
+def test_an_adopted_asset_copy_records_its_origin_so_only_its_asset_follows_it(
+    backend: ObjectStoreBackend, worker_scope: Any
+) -> None:
+    """The worker cannot tell asset ids apart: the copy's recorded origin (kept in the object's
+    metadata on every store) says whose object it is."""
+    ref = backend.serialize_asset_state_store_to_ref(value=[1] * 9, key="w", scope=worker_scope)
+    backend.set(AssetScope(asset_id=7), "w", _wrapped(ref))
+    copy = object_path(AssetScope(asset_id=7), "w")
+    origin = backend.store.read(copy).metadata.origin
+    assert origin == object_path(worker_scope, "w") and backend.store.head(copy).origin == origin
+    assert reference_refusal(copy, worker_scope, "w", origin=origin) is None
+    refused = reference_refusal(copy, AssetScope(name="payroll"), "w", origin=origin)
+    assert refused is not None and f"names {copy}, which is not the object of this key" in refused
+    assert reference_refusal(copy, worker_scope, "other", origin=origin) is not None  # another key's copy
+    # task keys are adopted in place: nothing to record
+    task_ref = backend.serialize_task_state_store_to_ref(value=[2] * 9, key="k", scope=TASK)
+    backend.set(TASK, "k", _wrapped(task_ref))
+    assert backend.store.read(object_path(TASK, "k")).metadata.origin is None
+
+
+def test_an_offload_object_the_server_never_adopted_is_not_a_primary_key(backend: ObjectStoreBackend) -> None:
+    """Left from offload mode (its DB row expired or dropped before a switch): dead, until a set replaces it."""
+    backend.serialize_task_state_store_to_ref(value={"dead": 1}, key="k", scope=TASK)
+    assert backend.get(TASK, "k") is None
+    assert asyncio.run(backend.aget(TASK, "k")) is None
+    backend.set(TASK, "k", '"alive"')
+    assert backend.get(TASK, "k") == '"alive"'
 
 
 @pytest.mark.parametrize("scope", [TASK, AssetScope(asset_id=7), AssetScope(name="orders")], ids=repr)

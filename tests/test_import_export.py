@@ -57,8 +57,15 @@ class StateDB:
                  _db_time(expires_at)),
             )  # fmt: skip
 
-    def asset(self, asset_id: int, key: str, value: str) -> None:
+    def asset(self, asset_id: int, key: str, value: str, *, name: str | None = None) -> None:
+        """A row of asset ``asset_id`` (created as ``name``, its uri ``s3://<name>``, when given)."""
         with sqlite3.connect(self.path) as db:
+            if name is not None:
+                db.execute(
+                    'INSERT OR IGNORE INTO asset (id, name, uri, "group", extra, created_at, updated_at) '
+                    "VALUES (?, ?, ?, 'asset', '{}', ?, ?)",
+                    (asset_id, name, f"s3://{name}", _db_time(NOW), _db_time(NOW)),
+                )
             db.execute(
                 "INSERT INTO asset_state_store (asset_id, key, value, updated_at) VALUES (?, ?, ?, ?)",
                 (asset_id, key, value, _db_time(NOW)),
@@ -127,7 +134,7 @@ def test_every_kind_of_row_becomes_its_value_with_its_exact_expiry(
     state_db.task("rows", _wrapped(f"file://{commonio}/etl/manual__1/load/-1/rows.gz"), expires_at=LATER)
     state_db.task("tiny", _wrapped("[3]"))  # common.io under its threshold: the JSON text itself
     state_db.asset(5, "watermark", "100")
-    state_db.asset(6, "offsets", _wrapped(asset_ref))
+    state_db.asset(6, "offsets", _wrapped(asset_ref), name="orders")
     before = state_db.digest()
 
     status, summary, err = run_import(capsys, ours, state_db, "--commonio-path", f"file://{commonio}")
@@ -240,6 +247,40 @@ def test_a_damaged_commonio_object_is_one_named_error_and_every_other_row_import
     assert "is damaged: not a whole gzip stream" in named and "is damaged: not a whole bz2 stream" in named
     assert "invalid character at byte 0" in named and "is missing" in named
     assert ours.get(RUN, "fine") == '{"rows": [4]}' and ours.get(RUN, "plain") == "1"
+
+
+def test_a_reference_to_another_keys_object_is_refused_and_never_copied(
+    state_db: StateDB, ours: ObjectStoreBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row of one DAG (or asset) whose reference names another's object, as anyone who may edit
+    that row can store through Airflow's REST API: one named error each, nothing copied."""
+    secret = TaskScope("dag_b", "manual__1", "t", -1)
+    secret_ref = ours.serialize_task_state_store_to_ref(value={"salary": 1}, key="secret", scope=secret)
+    payroll = AssetScope(name="payroll")
+    payroll_ref = ours.serialize_asset_state_store_to_ref(value="p" * 20, key="cursor", scope=payroll)
+    by_uri = AssetScope(uri="s3://orders")
+    by_uri_ref = ours.serialize_asset_state_store_to_ref(value=[5] * 9, key="cursor", scope=by_uri)
+    own_by_uri_ref = ours.serialize_asset_state_store_to_ref(value=[6] * 9, key="offsets", scope=by_uri)
+    state_db.task("secret", _wrapped(secret_ref))  # a dag "etl" key naming dag_b's object
+    state_db.task("other_key", _wrapped(ours.serialize_task_state_store_to_ref(value=[2] * 9, key="own", scope=RUN)))
+    state_db.asset(1, "cursor", _wrapped(payroll_ref), name="orders")
+    state_db.asset(2, "cursor", _wrapped(by_uri_ref), name="orders_copy")  # orders' object, not this asset's
+    state_db.asset(1, "offsets", _wrapped(own_by_uri_ref))
+
+    status, summary, err = run_import(capsys, ours, state_db)
+    assert status == 1
+    assert (summary["rows"], summary["imported"], summary["errors"]) == (5, 1, 4)
+    named = "\n".join(summary["problems"])
+    for row in ("task etl/manual__1/load/-1/secret", "task etl/manual__1/load/-1/other_key", "asset id=1/cursor"):
+        assert f"{row}: not imported: the reference names " in named and row in err
+    assert "asset id=2/cursor" in named
+    assert ours.store.read(object_path(RUN, "secret")) is None
+    assert ours.store.read(object_path(RUN, "other_key")) is None
+    assert ours.store.read(object_path(AssetScope(asset_id=1), "cursor")) is None
+    assert ours.store.read(object_path(AssetScope(asset_id=2), "cursor")) is None
+    # the object a worker wrote for asset 1 by its uri is asset 1's own: imported
+    assert orjson.loads(ours.get(AssetScope(asset_id=1), "offsets") or "null") == [6] * 9
+    assert ours.store.read(object_path(secret, "secret")) is not None  # dag_b's object is left alone
 
 
 def test_a_db_that_is_not_airflows_fails_clearly_before_anything_is_written(

@@ -486,3 +486,90 @@ def test_offload_mode_shows_values_behind_airflow_references(offload_deployment:
     assert entries["progress"]["value"] == {"stage": "submitted", "percent": 0}  # the rest of the page is intact
     missing = server.call("GET", d.task_path("submit_job", "job_id"), "viewer")
     assert missing.status_code == 502 and ref.removeprefix("objstore:") in missing.json()["detail"]
+
+
+def _stored_ref(d: Deployment, table: str, where: str, *params: Any) -> Any:
+    with sqlite3.connect(d.home / "airflow.db") as db:
+        found = db.execute(f"SELECT value FROM {table} WHERE {where}", params).fetchone()  # noqa: S608
+    return None if found is None else json.loads(found[0])
+
+
+def test_offload_mode_never_follows_a_reference_to_another_keys_object(offload_deployment: Deployment) -> None:
+    """A row of this DAG holding a reference to another DAG's object, stored verbatim by Airflow's own
+    REST API: the plugin shows no value, names the refusal, and its deletes leave that object alone."""
+    from airflow.state import AssetScope, TaskScope
+
+    d = offload_deployment
+    server, backend = d.server, d.backend
+    payroll = TaskScope(dag_id="payroll", run_id=d.run_id, task_id="pay", map_index=-1)
+    forged = backend.serialize_task_state_store_to_ref(value={"salary": 123456}, key="secret", scope=payroll)
+    payroll_path = forged.removeprefix("objstore:")
+
+    def forge_row() -> None:
+        own_route = d.task_path("advance_watermark", "stolen", api="/api/v2")
+        stored = server.call("PUT", own_route, "admin", json={"value": {"__airflow_state_ref__": forged}})
+        assert stored.status_code == 204, stored.text
+
+    forge_row()
+    listed = server.call("GET", d.task_path("advance_watermark"), "viewer").json()["task_state_store"]
+    [entry] = [e for e in listed if e["key"] == "stolen"]
+    assert entry["value"] is None and "123456" not in json.dumps(listed)
+    assert f"the reference names {payroll_path}, which is not the object of this key" in entry["problem"]
+    one = server.call("GET", d.task_path("advance_watermark", "stolen"), "viewer")
+    assert one.status_code == 502 and "refused" in one.json()["detail"] and "123456" not in one.text
+
+    assert server.call("DELETE", d.task_path("advance_watermark", "stolen"), "admin").status_code == 204
+    assert _row_value(d, "advance_watermark", "stolen") is None  # Airflow's row goes
+    assert backend.store.read(payroll_path) is not None  # the other DAG's object stays
+    forge_row()
+    assert server.call("DELETE", d.task_path("advance_watermark"), "admin").status_code == 204  # a clear
+    assert _row_value(d, "advance_watermark", "stolen") is None
+    assert backend.store.read(payroll_path) is not None
+
+    # an asset's row naming another asset's object
+    other = backend.serialize_asset_state_store_to_ref(value=[7] * 9, key="cursor", scope=AssetScope(name="payroll"))
+    route = d.asset_path("cursor", api="/api/v2")
+    assert server.call("PUT", route, "admin", json={"value": {"__airflow_state_ref__": other}}).status_code == 204
+    listed = server.call("GET", d.asset_path(), "viewer").json()["asset_state_store"]
+    [entry] = [e for e in listed if e["key"] == "cursor"]
+    assert entry["value"] is None and "not the object of this key" in entry["problem"]
+    assert server.call("DELETE", d.asset_path("cursor"), "admin").status_code == 204
+    assert _stored_ref(d, "asset_state_store", "key = ?", "cursor") is None
+    assert backend.store.read(other.removeprefix("objstore:")) is not None
+
+
+def test_primary_writes_store_the_value_as_it_is_and_old_offload_objects_are_not_live(
+    deployment: Deployment,
+) -> None:
+    """A PUT of a value shaped like a worker's reference stores that value, never copies the object it
+    names; an offload-mode object left from before a switch to primary mode is listed without its
+    value, saying why, and reads as no key."""
+    from airflow.state import AssetScope
+
+    d = deployment
+    server, backend = d.server, d.backend
+    payroll_scope = AssetScope(name="payroll")
+    payroll = backend.serialize_asset_state_store_to_ref(value={"pay": 1}, key="cursor", scope=payroll_scope)
+    typed = {"__airflow_state_ref__": payroll}
+    assert server.call("PUT", d.asset_path("cursor"), "admin", json={"value": typed}).status_code == 204
+    asset = AssetScope(asset_id=d.asset_id)
+    assert json.loads(backend.get(asset, "cursor")) == typed
+    assert server.call("GET", d.asset_path("cursor"), "viewer").json()["value"] == typed
+    assert server.call("PATCH", d.asset_path("cursor"), "admin", json={"value": typed}).status_code == 200
+    assert json.loads(backend.get(asset, "cursor")) == typed
+    assert server.call("DELETE", d.asset_path("cursor"), "admin").status_code == 204
+
+    # an offload object at a primary key's path (its row expired or dropped before the switch)
+    scope = d.scope("process", 2)
+    backend.serialize_task_state_store_to_ref(value={"dead": True}, key="left_over", scope=scope)
+    assert backend.get(scope, "left_over") is None
+    listed = server.call("GET", d.task_path("process", map_index=2), "viewer").json()
+    (left_over,) = [e for e in listed["task_state_store"] if e["key"] == "left_over"]
+    assert left_over["value"] is None and left_over["mode"] == "offload"
+    assert "before the switch to primary mode" in left_over["problem"]
+    assert server.call("GET", d.task_path("process", "left_over", map_index=2), "viewer").status_code == 404
+    patch = server.call("PATCH", d.task_path("process", "left_over", map_index=2), "admin", json={"value": 1})
+    assert patch.status_code == 404
+    put = server.call("PUT", d.task_path("process", "left_over", map_index=2), "admin", json={"value": 2})
+    assert put.status_code == 204 and backend.get(scope, "left_over") == "2"
+    assert server.call("DELETE", d.task_path("process", "left_over", map_index=2), "admin").status_code == 204

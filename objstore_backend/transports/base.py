@@ -31,6 +31,7 @@ __all__ = [
     "META_KEY",
     "META_LAYOUT",
     "META_MODE",
+    "META_ORIGIN",
     "META_UPDATED",
     "S3_DELETE_BATCH",
     "Body",
@@ -58,6 +59,9 @@ META_MODE = "objstoremode"
 META_EXPIRES = "objstoreexpires"
 #: Set when the server side adopted an object the worker side wrote (both modes configured).
 META_ADOPTED = "objstoreadopted"
+#: On an adopted copy at another path (an asset key by id): the worker's path it was copied from,
+#: so a worker follows the server's reference only to a copy of its own asset's object.
+META_ORIGIN = "objstoreorigin"
 #: When the value was last set (by Airflow, or in the DB row it was imported from): which of
 #: two copies of a key is newer. Absent on objects written before it existed.
 META_UPDATED = "objstoreupdated"
