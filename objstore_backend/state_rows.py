@@ -54,7 +54,7 @@ class TaskScopeIds:
     run_id: str
     task_id: str
     map_index: int
-    region_id: UUID | None = None  # Airflow 3.4's region (a loop iteration's); None: no region
+    region_id: UUID | None = None  # Airflow 3.4's region (a mapped task's, a task loop's); None: none
 
     def __str__(self) -> str:
         region = "" if self.region_id is None else f"region={self.region_id}/"
@@ -90,14 +90,17 @@ def _region(stored: Any) -> UUID | None:
 
     SQLite hands back Airflow's 32 hex digits, PostgreSQL a UUID, MySQL 16 bytes.
     """
-    if isinstance(stored, UUID):
-        region = stored
-    elif isinstance(stored, bytes) and len(stored) == 16:
-        region = UUID(bytes=stored)
-    elif isinstance(stored, str):
-        region = UUID(stored)  # a ValueError names the text
-    else:
-        raise ValueError(f"not a region id: {stored!r}")
+    try:
+        if isinstance(stored, UUID):
+            region = stored
+        elif isinstance(stored, bytes) and len(stored) == 16:
+            region = UUID(bytes=stored)
+        elif isinstance(stored, str):
+            region = UUID(stored)
+        else:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"not a region id: {stored!r}") from None
     return None if region.int == 0 else region
 
 
