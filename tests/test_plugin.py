@@ -763,7 +763,10 @@ def test_offload_clear_leaves_objects_the_gc_reconciliation_reclaims(offload_dep
     kept_value = {"kept": "x" * 5000}  # an object of another task, referenced all along
     put = d.server.call("PUT", d.task_path("advance_watermark", "kept"), "admin", json={"value": kept_value})
     assert put.status_code == 204
-    submitted, watermark = refs("submit_job"), refs("advance_watermark")
+    def present(paths: set[str]) -> set[str]:  # an earlier test deleted one object by hand
+        return {path for path in paths if store.head(path) is not None}
+
+    submitted, watermark = present(refs("submit_job")), present(refs("advance_watermark"))
     assert submitted and watermark
     assert _clear(d, d.server, ["submit_job"], dry_run=False).status_code == 200
     discarded = running_release() == "3.4"
