@@ -763,6 +763,7 @@ def test_offload_clear_leaves_objects_the_gc_reconciliation_reclaims(offload_dep
     kept_value = {"kept": "x" * 5000}  # an object of another task, referenced all along
     put = d.server.call("PUT", d.task_path("advance_watermark", "kept"), "admin", json={"value": kept_value})
     assert put.status_code == 204
+
     def present(paths: set[str]) -> set[str]:  # an earlier test deleted one object by hand
         return {path for path in paths if store.head(path) is not None}
 
