@@ -44,12 +44,12 @@ def auth_settings(home: Path) -> dict[str, str]:
 
 
 class ApiServer:
-    """``airflow api-server`` in a subprocess (one worker), its log in ``home/api-server.log``."""
+    """``airflow api-server`` in a subprocess (one worker), its log in ``home/<log_name>``."""
 
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, env: dict[str, str], log_name: str = "api-server.log") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "api-server.log"
+        self.log_path = home / log_name
         self._log = self.log_path.open("wb")
         # the auth manager lives in this repository's tests package
         path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))

@@ -29,6 +29,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ValidationError
 
 from objstore_backend.errors import StoreError
+from objstore_backend.plugin.coordinates import (
+    ZERO_REGION,
+    parse_region_id,
+    region_of,
+    resolve_task_scope,
+    task_coordinates,
+)
 from objstore_backend.plugin.models import AssetStateCollection, StateEntry, TaskStateCollection
 from objstore_backend.plugin.state import BucketState, DatabaseState, Entry, StateSource, configured_mode
 
@@ -169,31 +176,35 @@ def _task_access(method: Literal["GET", "PUT", "DELETE"]) -> Any:
     return Depends(requires_access_dag(method=method, access_entity=DagAccessEntity.TASK_INSTANCE))
 
 
-def _task_scope(dag_id: str, dag_run_id: str, task_id: str, map_index: Annotated[int, Query(ge=-1)] = -1) -> TaskScope:
-    return TaskScope(dag_id=dag_id, run_id=dag_run_id, task_id=task_id, map_index=map_index)
+def _task_scope(
+    dag_id: str,
+    dag_run_id: str,
+    task_id: str,
+    map_index: Annotated[int, Query(ge=-1)] = -1,
+    region_id: Annotated[str | None, Query()] = None,
+    region_index: Annotated[int | None, Query(ge=-1)] = None,
+    all_map_indices: Annotated[bool, Query()] = False,
+) -> TaskScope:
+    """The addressed task instance's scope: Airflow 3.4's ``region_id`` / ``region_index``, or its
+    region found from the ``task_instance`` rows when only ``map_index`` is given."""
+    return resolve_task_scope(
+        dag_id, dag_run_id, task_id, map_index, parse_region_id(region_id), region_index, any_index=all_map_indices
+    )
 
 
 TaskScopeDep = Annotated[TaskScope, Depends(_task_scope)]
 
 
 def _require_task_instance(scope: TaskScope, any_map_index: bool = False) -> None:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    statement = select(TaskInstance.task_id).where(
-        TaskInstance.dag_id == scope.dag_id, TaskInstance.run_id == scope.run_id, TaskInstance.task_id == scope.task_id
-    )
-    if not any_map_index:
-        statement = statement.where(TaskInstance.map_index == scope.map_index)
-    with create_session() as session:
-        if session.scalar(statement.limit(1)) is None:
-            addressed = "all_map_indices=True" if any_map_index else f"map_index={scope.map_index}"
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                f"Task instance not found for dag_id={scope.dag_id!r}, run_id={scope.run_id!r}, "
-                f"task_id={scope.task_id!r}, {addressed}",
-            )
+    found = task_coordinates(scope.dag_id, scope.run_id, scope.task_id, region_of(scope))
+    if not any(any_map_index or c.region_index == scope.map_index for c in found):
+        addressed = "all_map_indices=True" if any_map_index else f"map_index={scope.map_index}"
+        region = region_of(scope)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"Task instance not found for dag_id={scope.dag_id!r}, run_id={scope.run_id!r}, "
+            f"task_id={scope.task_id!r}, {addressed}" + (f", region_id={region}" if region != ZERO_REGION else ""),
+        )
 
 
 def _existing_task(scope: TaskScopeDep) -> TaskScope:
@@ -250,7 +261,7 @@ async def delete_task_state(scope: ExistingTaskDep, key: str, source: SourceDep)
 async def clear_task_state(
     scope: TaskScopeDep, source: SourceDep, all_map_indices: Annotated[bool, Query()] = False
 ) -> None:
-    """Delete every key of the task instance, or of every map index of the task."""
+    """Delete every key of the task instance, or of every map index of the task (3.4: in its region)."""
     await asyncio.to_thread(_require_task_instance, scope, all_map_indices)
     async with _store_errors():
         await source.clear(scope, all_map_indices)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from objstore_backend.plugin.state import configured_mode
 
-__all__ = ["AirflowStateRoutesRefusal"]
+__all__ = ["AirflowStateRoutesRefusal", "airflow_route"]
 
 PLUGIN_PREFIX = "/objstore-backend"
 _AIRFLOW_PREFIX = "/api/v2"
@@ -63,25 +63,30 @@ class AirflowStateRoutesRefusal:
         await response(scope, receive, send)
 
 
-def _state_route(scope: Scope) -> tuple[Route, dict[str, Any]] | None:
-    """Airflow's state-store route this request reaches, with its path parameters; else None.
+def airflow_route(scope: Scope) -> tuple[Route, dict[str, Any]] | None:
+    """The route of Airflow's root app that handles this request, with its path parameters.
 
     Asks the routes themselves, in the router's order (the first full match handles a request),
-    so what is refused is exactly what would reach those handlers: routing works on the decoded
-    path, so ``state%2Dstore`` is ``state-store`` and ``state-store%2Fk`` is key ``k``, and the
-    ids are the ones Airflow's handler and access check would get.
+    so what a middleware acts on is exactly what reaches that handler: routing works on the
+    decoded path, so ``state%2Dstore`` is ``state-store`` and ``state-store%2Fk`` is key ``k``,
+    and the ids are the ones Airflow's handler and access check get.
     """
-    if "/state-store" not in scope["path"]:  # decoded; every state-store route has it literally
-        return None
     routes: list[BaseRoute] = scope["app"].router.routes  # the root app: set before its middleware runs
     for route in routes:
         match, child_scope = route.matches(scope)
         if match is Match.FULL:
-            endpoint = getattr(route, "endpoint", None)
-            if isinstance(route, Route) and getattr(endpoint, "__module__", None) in _STATE_ROUTE_MODULES:
-                return route, child_scope["path_params"]
-            return None
+            return (route, child_scope["path_params"]) if isinstance(route, Route) else None
     return None
+
+
+def _state_route(scope: Scope) -> tuple[Route, dict[str, Any]] | None:
+    """Airflow's state-store route this request reaches, with its path parameters; else None."""
+    if "/state-store" not in scope["path"]:  # decoded; every state-store route has it literally
+        return None
+    found = airflow_route(scope)
+    if found is None or getattr(found[0].endpoint, "__module__", None) not in _STATE_ROUTE_MODULES:
+        return None
+    return found
 
 
 async def _admit(request: Request, kind: str) -> None:

@@ -21,7 +21,7 @@ import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from objstore_backend.backend import INLINE_REF_PREFIX, OBJECT_REF_PREFIX, Objec
 from objstore_backend.codec import decode_json, encode_json
 from objstore_backend.errors import StoreError
 from objstore_backend.layout import Location, is_hashed, object_path, original_key, parse, scope_prefix
+from objstore_backend.plugin.coordinates import HAS_REGIONS, region_of, with_index
 from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ListedObject, ObjectMetadata
 from objstore_backend.transports.base import META_KEY, parse_key
@@ -259,11 +260,16 @@ class _Row:
     value: str
     updated_at: datetime | None
     expires_at: datetime | None = None  # task rows only, like the map index
-    map_index: int | None = None  # a task row's (a clear of every map index reads several)
+    map_index: int | None = None  # a task row's index (a clear of every map index reads several)
 
 
 #: An asset's name and uri, which workers address it by (both ``None`` for a task scope).
 _AssetNames = tuple[str | None, str | None]
+
+
+def _index_column(model: Any, name: str = "region_index") -> Any:
+    """A column of ``task_state_store`` by its 3.4 name; 3.3 has ``map_index`` and no region."""
+    return getattr(model, name if HAS_REGIONS else "map_index")
 
 
 def _reference(stored: Any) -> str | None:
@@ -285,8 +291,10 @@ class DatabaseState(StateSource):
             from airflow.models.task_state_store import TaskStateStoreModel as Model
 
             filters = [Model.dag_id == scope.dag_id, Model.run_id == scope.run_id, Model.task_id == scope.task_id]
+            if HAS_REGIONS:  # 3.4: the region always, as Airflow's metastore clears
+                filters.append(_index_column(Model, "region_id") == region_of(scope))
             if not all_map_indices:
-                filters.append(Model.map_index == scope.map_index)
+                filters.append(_index_column(Model) == scope.map_index)
             return Model, filters
         from airflow.models.asset_state_store import AssetStateStoreModel as AssetModel
 
@@ -309,7 +317,7 @@ class DatabaseState(StateSource):
             filters.append(model.key == key)
         columns = [model.key, model.value, model.updated_at]
         if isinstance(scope, TaskScope):  # asset keys have no expiry (nor map index) in Airflow
-            columns += [model.expires_at, model.map_index]
+            columns += [model.expires_at, _index_column(model)]
         statement = select(*columns).where(*filters).order_by(model.key.asc())
         if limit is not None:
             statement = statement.offset(offset).limit(limit)
@@ -377,7 +385,7 @@ class DatabaseState(StateSource):
         if path is None or parse(path) is None:
             return None, f"a reference objstore-backend did not write: {ref[:200]!r}"
         if isinstance(scope, TaskScope) and row.map_index is not None:
-            scope = replace(scope, map_index=row.map_index)
+            scope = with_index(scope, row.map_index)
         refusal = reference_refusal(path, scope, row.key, asset_name=asset[0], asset_uri=asset[1])
         return (None, refusal) if refusal is not None else (path, None)
 
