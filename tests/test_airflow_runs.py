@@ -55,14 +55,15 @@ def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
 
 
 def stored_objects(store: ObjectStore) -> dict[tuple[str, ...], Any]:
-    """Every object in the store by (scope kind, task or asset id, map index, key)."""
+    """Every object in the store by (task id, map index, key) or (scope kind, asset id, key); a task in a
+    3.4 dynamic region (a mapped task) is keyed like the same task on 3.3."""
     found = {}
     for listed in store.iter_objects():
         location = parse(listed.path)
         assert location is not None, f"foreign object {listed.path}"
         obj = store.read(listed.path)
         if location.kind.value == "task":
-            found[(location.ids[2], location.ids[3], location.key)] = obj
+            found[(location.ids[-2], location.ids[-1], location.key)] = obj
         else:
             found[(location.kind.value, location.ids[0], location.key)] = obj
     return found
