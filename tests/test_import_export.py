@@ -29,7 +29,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.layout import encode_segment, is_hashed, object_path
 from objstore_backend.store import ObjectMetadata, ObjectStore
-from tests.airflow_home import running_release
+from tests.airflow_home import INDEX_COLUMN, running_release
 
 # Airflow's DB schema and ORM: run again on 3.4 (scripts/test.sh).
 pytestmark = pytest.mark.airflow_bound
@@ -49,10 +49,9 @@ class StateDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
-        # 3.4 renamed map_index to region_index (its region_id defaults to the zero region)
-        self.index, self.unique = (
-            ("map_index",) * 2 if running_release() == "3.3" else ("region_index", "region_id, region_index")
-        )
+        self.index = INDEX_COLUMN[running_release()]
+        # 3.4's rows are unique by region too (region_id defaults to the zero region)
+        self.unique = self.index if self.index == "map_index" else f"region_id, {self.index}"
 
     def task(self, key: str, value: str, *, expires_at: datetime | None = None, scope: TaskScope = RUN,
              updated_at: datetime = NOW) -> None:  # fmt: skip
