@@ -72,7 +72,8 @@ def _task_scope(location: Location, path: str) -> Any:
             f"{path}: a task in an Airflow 3.4 dynamic region (a mapped task or a task loop); this Airflow "
             "has no regions: export it with Airflow 3.4"
         )
-    return TaskScope(
+    region_scope: Any = TaskScope  # typed as the installed release's: 3.3's takes no region
+    return region_scope(
         dag_id=dag_id,
         run_id=run_id,
         task_id=task_id,
