@@ -44,13 +44,13 @@ AIRFLOW_FIXTURES = {"migrated_db"}
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects: the marks below must be there by then
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark what depends on the Airflow release ``airflow_bound`` (scripts/test.sh runs it on 3.3 and
-    again on 3.4): a test marked so, one that runs Airflow (``airflow``, unless it runs ``every_release``
-    itself) or uses an Airflow fixture; drop ``airflow34`` tests when this venv's Airflow is 3.3."""
+    again on 3.4): a test marked so, one that runs Airflow (``airflow``) or uses an Airflow fixture, unless
+    it runs ``every_release`` itself; drop ``airflow34`` tests when this venv's Airflow is 3.3."""
     on_airflow_33 = running_release() == "3.3"
     kept, deselected = [], []
     for item in items:
-        runs_airflow = item.get_closest_marker("airflow") and not item.get_closest_marker("every_release")
-        if runs_airflow or item.get_closest_marker("airflow34") or AIRFLOW_FIXTURES & set(item.fixturenames):
+        bound = item.get_closest_marker("airflow") or AIRFLOW_FIXTURES & set(item.fixturenames)
+        if item.get_closest_marker("airflow34") or bound and not item.get_closest_marker("every_release"):
             item.add_marker(pytest.mark.airflow_bound)
         (deselected if on_airflow_33 and item.get_closest_marker("airflow34") else kept).append(item)
     if deselected:

@@ -22,7 +22,7 @@ import pytest
 
 from objstore_backend.layout import parse
 from objstore_backend.store import ObjectStore
-from tests.airflow_home import AIRFLOW, RETENTION_DAYS, airflow_env
+from tests.airflow_home import AIRFLOW, INDEX_COLUMN, RETENTION_DAYS, airflow_env, running_release
 
 pytestmark = pytest.mark.airflow
 
@@ -92,7 +92,8 @@ def _assert_offload_landed(store: ObjectStore, home: Path) -> None:
     assert orjson.loads(objects[("asset/name", "orders", "watermark")].body) == 100
 
     now = datetime.now(timezone.utc)
-    rows = {(r["task_id"], str(r["map_index"]), r["key"]): r for r in db_rows(home, "task_state_store")}
+    index = INDEX_COLUMN[running_release()]
+    rows = {(r["task_id"], str(r[index]), r["key"]): r for r in db_rows(home, "task_state_store")}
     assert set(rows) == EXPECTED_TASK_KEYS
     for (task_id, map_index, key), row in rows.items():
         ref = json.loads(row["value"])["__airflow_state_ref__"]
