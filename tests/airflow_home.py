@@ -19,6 +19,9 @@ RETENTION_DAYS = 3
 #: Each Airflow release's venv in the repo, and the script that builds it.
 RELEASE_VENVS = {"3.3": (".venv", "scripts/venv.sh"), "3.4": (".venv-airflow34", "scripts/venv-airflow34.sh")}
 
+#: The column of a task instance's or task state row's (map) index, per release: 3.4 renamed it.
+INDEX_COLUMN = {"3.3": "map_index", "3.4": "region_index"}
+
 
 def running_release() -> str:
     """The Airflow release (major.minor) this interpreter imports."""

@@ -22,7 +22,7 @@ import pytest
 
 from objstore_backend.layout import parse
 from objstore_backend.store import ObjectStore
-from tests.airflow_home import AIRFLOW, RETENTION_DAYS, airflow_env
+from tests.airflow_home import AIRFLOW, INDEX_COLUMN, RETENTION_DAYS, airflow_env, running_release
 
 pytestmark = pytest.mark.airflow
 
@@ -55,14 +55,15 @@ def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
 
 
 def stored_objects(store: ObjectStore) -> dict[tuple[str, ...], Any]:
-    """Every object in the store by (scope kind, task or asset id, map index, key)."""
+    """Every object in the store by (task id, map index, key) or (scope kind, asset id, key); a task in a
+    3.4 dynamic region (a mapped task) is keyed like the same task on 3.3."""
     found = {}
     for listed in store.iter_objects():
         location = parse(listed.path)
         assert location is not None, f"foreign object {listed.path}"
         obj = store.read(listed.path)
         if location.kind.value == "task":
-            found[(location.ids[2], location.ids[3], location.key)] = obj
+            found[(location.ids[-2], location.ids[-1], location.key)] = obj
         else:
             found[(location.kind.value, location.ids[0], location.key)] = obj
     return found
@@ -91,7 +92,8 @@ def _assert_offload_landed(store: ObjectStore, home: Path) -> None:
     assert orjson.loads(objects[("asset/name", "orders", "watermark")].body) == 100
 
     now = datetime.now(timezone.utc)
-    rows = {(r["task_id"], str(r["map_index"]), r["key"]): r for r in db_rows(home, "task_state_store")}
+    index = INDEX_COLUMN[running_release()]
+    rows = {(r["task_id"], str(r[index]), r["key"]): r for r in db_rows(home, "task_state_store")}
     assert set(rows) == EXPECTED_TASK_KEYS
     for (task_id, map_index, key), row in rows.items():
         ref = json.loads(row["value"])["__airflow_state_ref__"]

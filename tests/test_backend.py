@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -17,6 +18,9 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.errors import StateObjectMissingError
 from objstore_backend.layout import object_path
 from objstore_backend.refs import reference_refusal
+
+# The backend is Airflow's BaseStoreBackend over Airflow's scopes: run again on 3.4 (scripts/test.sh).
+pytestmark = pytest.mark.airflow_bound
 
 TASK = TaskScope(dag_id="etl", run_id="manual__2026-11-21", task_id="load", map_index=-1)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -356,7 +360,6 @@ def test_hostile_ids_stay_in_their_prefix_and_round_trip(backend: ObjectStoreBac
 
 
 def test_region_id_is_part_of_the_identity_when_set(backend: ObjectStoreBackend) -> None:
-    import uuid
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -375,6 +378,41 @@ def test_region_id_is_part_of_the_identity_when_set(backend: ObjectStoreBackend)
     assert backend.get(inside, "k") == '"inside"'
     backend.clear(inside, all_map_indices=True)
     assert backend.get(outside, "k") == '"outside"'
+
+
+@pytest.mark.airflow34
+def test_clearing_a_region_reaches_only_that_regions_task_and_the_zero_region_only_its_own(
+    backend: ObjectStoreBackend,
+) -> None:
+    region, other_region = uuid.uuid4(), uuid.uuid4()
+    zero = [CoreTaskScope("d", "r", "t", index) for index in (-1, 0, 1)]
+    mine = [CoreTaskScope("d", "r", "t", region_id=region, region_index=index) for index in (0, 1, 10)]
+    others = [
+        CoreTaskScope("d", "r", "t", region_id=other_region, region_index=1),
+        CoreTaskScope("d", "r", "t2", region_id=region, region_index=1),
+        CoreTaskScope("d", "r", f"region={region}", 1),  # a zero-region task named like the region
+    ]
+    for scope in zero + mine + others:
+        backend.set(scope, "k", orjson.dumps(repr(scope)).decode())
+    before = len(list(backend.store.iter_objects()))
+    backend.clear(mine[1], all_map_indices=True)
+    assert [backend.get(scope, "k") for scope in mine] == [None] * 3
+    assert len(list(backend.store.iter_objects())) == before - 3
+    assert all(backend.get(scope, "k") == orjson.dumps(repr(scope)).decode() for scope in zero + others)
+    backend.clear(zero[0], all_map_indices=True)
+    assert [backend.get(scope, "k") for scope in zero] == [None] * 3
+    assert all(backend.get(scope, "k") == orjson.dumps(repr(scope)).decode() for scope in others)
+
+
+@pytest.mark.airflow34
+def test_a_hostile_region_id_is_refused_and_nothing_is_written(backend: ObjectStoreBackend) -> None:
+    for region in ("../../escape", str(uuid.uuid4())):
+        scope = CoreTaskScope("d", "r", "t", region_id=region, region_index=0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="region_id must be a UUID"):
+            backend.set(scope, "k", "1")
+        with pytest.raises(TypeError, match="region_id must be a UUID"):
+            backend.clear(scope, all_map_indices=True)
+    assert list(backend.store.iter_objects()) == []
 
 
 def test_corrupted_and_foreign_objects_are_reported_not_swallowed(backend: ObjectStoreBackend) -> None:

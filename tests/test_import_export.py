@@ -29,6 +29,10 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.layout import encode_segment, is_hashed, object_path
 from objstore_backend.store import ObjectMetadata, ObjectStore
+from tests.airflow_home import INDEX_COLUMN, running_release
+
+# Airflow's DB schema and ORM: run again on 3.4 (scripts/test.sh).
+pytestmark = pytest.mark.airflow_bound
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LATER = NOW + timedelta(days=2)
@@ -40,19 +44,22 @@ def _db_time(moment: datetime | None) -> str | None:
 
 
 class StateDB:
-    """An Airflow 3.3 SQLite metadata DB whose state rows a test writes by hand."""
+    """An Airflow-migrated SQLite metadata DB (3.3's or 3.4's schema) whose state rows a test writes by hand."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
+        self.index = INDEX_COLUMN[running_release()]
+        # 3.4's rows are unique by region too (region_id defaults to the zero region)
+        self.unique = self.index if self.index == "map_index" else f"region_id, {self.index}"
 
     def task(self, key: str, value: str, *, expires_at: datetime | None = None, scope: TaskScope = RUN,
              updated_at: datetime = NOW) -> None:  # fmt: skip
         with sqlite3.connect(self.path) as db:
             db.execute(
-                "INSERT INTO task_state_store (dag_run_id, task_id, map_index, key, dag_id, run_id, value, "
+                f"INSERT INTO task_state_store (dag_run_id, task_id, {self.index}, key, dag_id, run_id, value, "
                 "updated_at, expires_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dag_run_id, task_id, "
-                "map_index, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                f"{self.unique}, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (scope.task_id, scope.map_index, key, scope.dag_id, scope.run_id, value, _db_time(updated_at),
                  _db_time(expires_at)),
             )  # fmt: skip

@@ -22,7 +22,7 @@ from objstore_backend.state_rows import AirflowStateDB, TaskScopeIds
 from objstore_backend.store import ObjectStore
 from tests.airflow_home import REPO, airflow_env, airflow_of, migrate
 
-pytestmark = pytest.mark.airflow
+pytestmark = [pytest.mark.airflow, pytest.mark.every_release]
 
 DAG_ID = "objstore_state_rows"
 DAGS = REPO / "tests" / "dags_state_rows"
