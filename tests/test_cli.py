@@ -9,9 +9,6 @@ import pytest
 from objstore_backend import cli
 from objstore_backend.config import embedded_default_path
 
-# The CLI reads Airflow's config and scopes: run again on 3.4 (scripts/test.sh).
-pytestmark = pytest.mark.airflow_bound
-
 ENV_VARS = [
     "PATH",
     "STORAGE_OPTIONS",
