@@ -19,8 +19,8 @@ from objstore_backend.errors import StateObjectMissingError
 from objstore_backend.layout import object_path
 from objstore_backend.refs import reference_refusal
 
-# The backend is Airflow's BaseStoreBackend over Airflow's scopes: run again on 3.4 (scripts/test.sh).
-pytestmark = pytest.mark.airflow_bound
+# Runs once, on 3.3: on 3.4 the real runs (test_airflow_runs), the plugin's and test_layout's region
+# tests exercise the backend through 3.4's own scopes.
 
 TASK = TaskScope(dag_id="etl", run_id="manual__2026-11-21", task_id="load", map_index=-1)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
