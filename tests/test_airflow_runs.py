@@ -16,13 +16,14 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 import pytest
 
-from objstore_backend.layout import parse
+from objstore_backend.layout import ScopeKind, object_path, parse
 from objstore_backend.store import ObjectStore
-from tests.airflow_home import AIRFLOW, INDEX_COLUMN, RETENTION_DAYS, airflow_env, running_release
+from tests.airflow_home import AIRFLOW, DAGS, INDEX_COLUMN, RETENTION_DAYS, airflow_env, running_release
 
 pytestmark = pytest.mark.airflow
 
@@ -40,16 +41,23 @@ EXPECTED_TASK_KEYS = {
 }
 
 
-def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
+def dags_test(migrated_db: Path, home: Path, dag_id: str, dags: Path = DAGS, **config: str) -> str:
+    """`airflow dags test` ``dag_id`` of the folder ``dags`` in ``home``, on a copy of the migrated DB;
+    the run's output, once it succeeded."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_db, home / "airflow.db")
-    started = datetime.now(timezone.utc)
-    result = subprocess.run(
-        [AIRFLOW, "dags", "test", DAG_ID], env=airflow_env(home, **config), capture_output=True, text=True
-    )
+    env = airflow_env(home, **config)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    result = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "state=success" in output, output[-5000:]
+    return output
+
+
+def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
+    started = datetime.now(timezone.utc)
+    output = dags_test(migrated_db, home, DAG_ID, **config)
     assert "reattached to job-" in output and "on try 2" in output, output[-5000:]
     return started.isoformat()
 
@@ -309,3 +317,63 @@ def test_a_forged_reference_in_airflows_row_is_refused_inside_the_task(migrated_
     output = next_attempt()
     assert "watermarks=" not in output, output[-5000:]
     assert f"Airflow's row for state key 'watermark' is refused: the reference names {payroll[9:]}" in output
+
+
+def task_objects(store: ObjectStore, task_id: str) -> dict[tuple[str, ...], Any]:
+    """The objects of task ``task_id`` by their whole location: (dag id, run id, [region], task id,
+    index, key); unlike :func:`stored_objects`, a region stays apart from the zero region's path."""
+    found = {}
+    for listed in store.iter_objects():
+        location = parse(listed.path)
+        if location is not None and location.kind is ScopeKind.TASK and location.ids[-2] == task_id:
+            found[(*location.ids, location.key)] = store.read(listed.path)
+    return found
+
+
+@pytest.mark.airflow34
+@pytest.mark.parametrize("mode", ["offload", "primary"])
+def test_task_loop_iterations_never_share_state(
+    migrated_db: Path, tmp_path: Path, s3_bucket: str, s3_options: dict[str, Any], mode: str
+) -> None:
+    """Airflow 3.4 runs a looped task group's iterations in one region, told apart by their index.
+    Offload (the worker's setting) and primary (the server's): each iteration finds nothing under the
+    key an earlier one wrote, keeps its own object, and clearing one iteration's state keeps the other's."""
+    from airflow.state import TaskScope
+
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from tests.test_state_rows import DAG_ID as LOOP_DAG
+    from tests.test_state_rows import DAGS as LOOP_DAGS
+
+    url = f"s3://{s3_bucket}/airflow/state"
+    setting = {"offload": "AIRFLOW__WORKERS__STATE_STORE_BACKEND", "primary": "AIRFLOW__STATE_STORE__BACKEND"}[mode]
+    output = dags_test(
+        migrated_db,
+        tmp_path / "home",
+        LOOP_DAG,
+        LOOP_DAGS,
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"{url}/",
+        AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS=json.dumps(s3_options),
+        **{setting: BACKEND},
+    )
+    assert "iteration 0 read None before writing" in output, output[-5000:]
+    assert "iteration 1 read None before writing" in output, output[-5000:]
+
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=s3_options))
+    iterations = task_objects(backend.store, "iterate.count")
+    regions = {location[:4] for location in iterations}  # (dag id, run id, region, task id)
+    assert len(regions) == 1, f"the iterations are not in one region: {sorted(iterations)}"
+    [(dag_id, run_id, region, task_id)] = regions
+    assert region.startswith("region=") and task_id == "iterate.count"
+    assert {location[4:]: orjson.loads(obj.body) for location, obj in iterations.items()} == {
+        ("0", "iteration"): 0,
+        ("1", "iteration"): 1,
+    }
+    assert all(obj.metadata.mode == mode for obj in iterations.values())
+
+    everything = {listed.path for listed in backend.store.iter_objects()}
+    region_id = UUID(region.removeprefix("region="))
+    first = TaskScope(dag_id, run_id, task_id, region_id=region_id, region_index=0)
+    backend.clear(first)
+    assert everything - {listed.path for listed in backend.store.iter_objects()} == {object_path(first, "iteration")}
+    assert list(task_objects(backend.store, task_id)) == [(dag_id, run_id, region, task_id, "1", "iteration")]

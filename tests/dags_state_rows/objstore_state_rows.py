@@ -1,7 +1,9 @@
 """Task state rows in each scope the running Airflow has, for reading Airflow's DB back.
 
 A plain task, a task mapped over two items and, on Airflow 3.4, a task group run as a loop of
-two iterations: a region of its own, the iterations told apart by their index.
+two iterations: a region of its own, the iterations told apart by their index. Each iteration
+reads its key before writing it and returns what it read: an earlier iteration's value there
+would be state shared across iterations.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ def remember(item: str) -> None:
 @task_group
 def iterate() -> None:
     @task
-    def count() -> None:
-        loop = get_current_context()["loop"]  # type: ignore[typeddict-item]
-        get_current_context()["task_state_store"].set("iteration", loop.index)
+    def count() -> str:
+        context = get_current_context()
+        loop, state = context["loop"], context["task_state_store"]  # type: ignore[typeddict-item]
+        seen = state.get("iteration")
+        state.set("iteration", loop.index)
+        return f"iteration {loop.index} read {seen!r} before writing"
 
     count()
 
