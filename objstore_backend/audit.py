@@ -141,6 +141,74 @@ def _s3_rule_prefix(rule: dict[str, Any]) -> str | None:
     return str(rule_filter.get("Prefix", rule_filter.get("And", {}).get("Prefix", rule.get("Prefix", ""))))
 
 
+# Storage classes a lifecycle rule may move objects to: minimum billed days, and whether a GET still
+# answers (Glacier Flexible Retrieval and Deep Archive want a restore first: 403 InvalidObjectState).
+_S3_CLASSES: dict[str, tuple[int, bool]] = {
+    "STANDARD_IA": (30, True),
+    "ONEZONE_IA": (30, True),
+    "GLACIER_IR": (90, True),
+    "INTELLIGENT_TIERING": (0, True),
+    "GLACIER": (90, False),
+    "DEEP_ARCHIVE": (180, False),
+}
+
+
+def _s3_transition_findings(rule: dict[str, Any]) -> list[Finding]:
+    """What a covering rule's transitions do to state: archived current objects cannot be read."""
+    findings = []
+    name = rule.get("ID", "?")
+    for transition in rule.get("Transitions", []):
+        storage_class = transition.get("StorageClass", "?")
+        when = f"after {transition['Days']} days" if "Days" in transition else f"on {transition.get('Date')}"
+        minimum_days, readable = _S3_CLASSES.get(storage_class, (0, True))
+        if not readable:
+            findings.append(
+                Finding(
+                    "S3_LIFECYCLE_ARCHIVES_STATE",
+                    "error",
+                    f"lifecycle rule {name!r} moves state objects to {storage_class} {when}: reads of them fail "
+                    "(403 InvalidObjectState) until restored, so tasks lose their state; scope it away from the "
+                    "state prefix",
+                )
+            )
+        elif storage_class == "INTELLIGENT_TIERING":
+            findings.append(
+                Finding(
+                    "S3_LIFECYCLE_INTELLIGENT_TIERING",
+                    "info",
+                    f"lifecycle rule {name!r} moves state objects to INTELLIGENT_TIERING {when}: a monitoring fee "
+                    "per object of 128 KB or more, no retrieval fee; make sure no Intelligent-Tiering configuration "
+                    "opts the state prefix into its Archive Access tiers (archived state cannot be read)",
+                )
+            )
+        else:
+            billed = f"at least {minimum_days} days and 128 KB" if minimum_days else "that class's minimum duration"
+            findings.append(
+                Finding(
+                    "S3_LIFECYCLE_TIERS_STATE",
+                    "warning",
+                    f"lifecycle rule {name!r} moves state objects to {storage_class} {when}: each is billed for "
+                    f"{billed}, every read pays a retrieval fee per GB, "
+                    "and a key rewritten or deleted sooner pays the rest; keep the state prefix in STANDARD",
+                )
+            )
+    for transition in rule.get("NoncurrentVersionTransitions", []):
+        storage_class = transition.get("StorageClass", "?")
+        minimum_days, readable = _S3_CLASSES.get(storage_class, (0, True))
+        if minimum_days or not readable:
+            findings.append(
+                Finding(
+                    "S3_LIFECYCLE_TIERS_NONCURRENT_STATE",
+                    "warning",
+                    f"lifecycle rule {name!r} moves noncurrent versions of state to {storage_class}: every rewrite "
+                    f"of a key leaves a version billed for at least {minimum_days} days"
+                    + ("" if readable else ", and an old value needs a restore before it can be read")
+                    + "; expire noncurrent state versions instead (NoncurrentVersionExpiration)",
+                )
+            )
+    return findings
+
+
 def check_s3_bucket(config: dict[str, Any], base_prefix: str) -> list[Finding]:
     """Findings for an S3 bucket from its configuration documents (boto3 response shapes).
 
@@ -164,6 +232,7 @@ def check_s3_bucket(config: dict[str, Any], base_prefix: str) -> list[Finding]:
     rules = [r for r in rules if r.get("Status") == "Enabled"]
     covering = [r for r in rules if (p := _s3_rule_prefix(r)) is not None and _covers(p, base_prefix)]
     for rule in covering:
+        findings += _s3_transition_findings(rule)
         expiration = rule.get("Expiration", {})
         if "Days" in expiration or "Date" in expiration:
             findings.append(
@@ -289,17 +358,45 @@ async def _s3_config(store: ObjectStore, fs: Any) -> dict[str, Any]:
 # -- GCS ---------------------------------------------------------------------------------
 
 
+# GCS classes with a minimum storage duration (days) and a retrieval fee (USD per GB read). Reads
+# answer at once in every class; Autoclass charges neither, so its buckets are not reported.
+_GCS_CLASSES = {"NEARLINE": (30, "0.01"), "COLDLINE": (90, "0.02"), "ARCHIVE": (365, "0.05")}
+
+
+def _gcs_class_findings(code: str, storage_class: str, what: str) -> list[Finding]:
+    if storage_class not in _GCS_CLASSES:
+        return []
+    minimum_days, retrieval = _GCS_CLASSES[storage_class]
+    return [
+        Finding(
+            code,
+            "warning",
+            f"{what} {storage_class}: each object is billed for at least {minimum_days} days (a key rewritten or "
+            f"deleted sooner pays the rest) and every read costs ${retrieval}/GB retrieval; keep the state prefix in "
+            "STANDARD",
+        )
+    ]
+
+
 def check_gcs_bucket(bucket: dict[str, Any], base_prefix: str) -> list[Finding]:
     """Findings for a GCS bucket from its JSON API resource (``GET b/{bucket}``)."""
     findings = []
     rules = bucket.get("lifecycle", {}).get("rule", [])
     custom_time_rule = False
+    autoclass = bool(bucket.get("autoclass", {}).get("enabled"))
     for rule in rules:
         condition = rule.get("condition", {})
-        if rule.get("action", {}).get("type") != "Delete":
-            continue
         prefixes = condition.get("matchesPrefix") or [""]
-        if not any(_covers(p, base_prefix) for p in prefixes) or condition.get("isLive") is False:
+        if not any(_covers(p, base_prefix) for p in prefixes):
+            continue
+        action = rule.get("action", {})
+        if action.get("type") == "SetStorageClass" and not autoclass:
+            objects = "noncurrent versions of state" if condition.get("isLive") is False else "state objects"
+            what = f"lifecycle rule {condition} moves {objects} to"
+            findings += _gcs_class_findings(
+                "GCS_LIFECYCLE_CHANGES_STORAGE_CLASS", str(action.get("storageClass")), what
+            )
+        if action.get("type") != "Delete" or condition.get("isLive") is False:
             continue
         if condition.get("daysSinceCustomTime") == 0 and len(condition) <= 2:
             custom_time_rule = True
@@ -320,6 +417,12 @@ def check_gcs_bucket(bucket: dict[str, Any], base_prefix: str) -> list[Finding]:
                 "no lifecycle rule {action: Delete, condition: {daysSinceCustomTime: 0, matchesPrefix: [prefix]}}: "
                 "the bucket could delete expired keys by itself (the GC stays the guarantee)",
             )
+        )
+    if not autoclass:
+        findings += _gcs_class_findings(
+            "GCS_DEFAULT_STORAGE_CLASS",
+            str(bucket.get("storageClass")),
+            "the bucket's default storage class puts new state in",
         )
     if bucket.get("versioning", {}).get("enabled"):
         findings.append(

@@ -16,21 +16,30 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.state import BaseStoreBackend as _SdkBase
 
 from objstore_backend.codec import compress, decode_json, encode_json, validate_json_text
 from objstore_backend.config import KEYS, SECTION, StoreSettings
-from objstore_backend.errors import StateObjectMissingError, StoreError
-from objstore_backend.layout import ScopeKind, object_path, parse, scope_prefix
+from objstore_backend.errors import RefusedReferenceError, StateObjectMissingError, StoreError
+from objstore_backend.layout import ScopeKind, object_path, parse, recorded_key, scope_prefix
+from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
 
 if TYPE_CHECKING:
     import fsspec
 
-__all__ = ["INLINE_REF_PREFIX", "OBJECT_REF_PREFIX", "ObjectStoreBackend", "settings_from_airflow"]
+__all__ = [
+    "INLINE_REF_PREFIX",
+    "OBJECT_REF_PREFIX",
+    "ObjectStoreBackend",
+    "is_live_in_primary",
+    "settings_from_airflow",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +75,62 @@ def settings_from_airflow() -> StoreSettings:
     return StoreSettings.from_mapping({key: conf.get(SECTION, key, fallback="") for key in KEYS})
 
 
-def _adopted(expires_at: datetime | None) -> ObjectMetadata:
-    """An object the server adopted from the worker: Airflow's expiry, and the GC's to collect."""
-    return ObjectMetadata("offload", expires_at, adopted=True, updated_at=datetime.now(timezone.utc))
+def _adopted(expires_at: datetime | None, source: str, path: str, key: str) -> ObjectMetadata:
+    """An object the server adopted from the worker: Airflow's expiry, and the GC's to collect.
+
+    A copy at another path (an asset key, by id) records the worker's path it came from: the
+    worker follows the server's reference to it only when that is its own asset's object.
+    """
+    origin = source if source != path else None
+    return ObjectMetadata(
+        "offload",
+        expires_at,
+        adopted=True,
+        updated_at=datetime.now(timezone.utc),
+        key=recorded_key(key),
+        origin=origin,
+    )
+
+
+#: The module of Airflow's task-side accessors, the callers of ``deserialize_*_from_ref``.
+_ACCESSORS_MODULE = "airflow.sdk.execution_time.context"
+
+
+def _reading_accessor() -> tuple[Any, str] | None:
+    """The (scope, key) an Airflow accessor is reading a reference for; ``None`` outside Airflow.
+
+    Airflow 3.3 and 3.4 hand ``deserialize_*_from_ref`` the reference alone, not the scope and
+    key it was stored under, so a forged row (``objstore:`` naming another DAG's object) would be
+    followed. The accessor that calls the hook knows both: ``TaskStateStoreAccessor.get`` (task
+    SDK 1.3) or ``._extract_get_response`` (1.4) hold ``self._scope`` and ``key``;
+    ``AssetStateStoreAccessor._extract_get_response`` holds ``self._name`` / ``self._uri`` and
+    ``key``. They are found on the call stack, nearest first. Called from that module with
+    neither at hand (an Airflow that changed), it fails closed; a plain Python caller, with no
+    accessor on the stack, already holds the bucket and gets no check.
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and frame.f_globals.get("__name__") != _ACCESSORS_MODULE:
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return None
+        module = sys.modules[_ACCESSORS_MODULE]
+        accessor, key = frame.f_locals.get("self"), frame.f_locals.get("key")
+        if isinstance(key, str) and isinstance(accessor, module.TaskStateStoreAccessor):
+            return accessor._scope, key
+        if isinstance(key, str) and isinstance(accessor, module.AssetStateStoreAccessor):
+            return SimpleNamespace(name=accessor._name, uri=accessor._uri), key
+        raise RefusedReferenceError(
+            f"Airflow's {frame.f_code.co_name}() asked for a state reference without the accessor's scope "
+            "and key at hand: refused, as the reference could not be checked against the key it is stored under"
+        )
+    finally:
+        del frame
+
+
+def is_live_in_primary(metadata: ObjectMetadata) -> bool:
+    """Whether the API server may answer this object: primary-mode, or adopted from a worker."""
+    return metadata.mode == "primary" or metadata.adopted
 
 
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
@@ -117,8 +179,13 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         return None
 
     def _primary_answer(self, path: str, found: StoredObject | None) -> str | None:
-        """What a ``get`` returns for the object read: expired means gone, damaged says so."""
-        if found is None or found.metadata.is_expired():
+        """What a ``get`` returns for the object read: expired means gone, damaged says so.
+
+        An offload-mode object the server never adopted is not live here: after a switch from
+        offload mode, only what ``import`` brought over (or a worker's set adopted) is; the rest
+        (its DB row expired or dropped by Airflow) is dead and waits for the GC.
+        """
+        if found is None or found.metadata.is_expired() or not is_live_in_primary(found.metadata):
             return None
         return json_text(found.body, self.store.display_path(path))
 
@@ -127,13 +194,17 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         path = object_path(scope, key)
         return self._primary_answer(path, self._adopted_as_ref(path, self.store.read(path)))
 
+    def _primary_object(self, body: bytes, expires_at: datetime | None, key: str) -> tuple[bytes, ObjectMetadata]:
+        """The stored body and metadata of a value kept as it is."""
+        metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc), key=recorded_key(key))
+        return compress(body, self.settings.compression), metadata
+
     def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
-        if source is None or not self.store.adopt(source, path, _adopted(expires_at)):
-            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
-            self.store.write(path, compress(body, self.settings.compression), metadata)
+        if source is None or not self.store.adopt(source, path, _adopted(expires_at, source, path, key)):
+            self.store.write(path, *self._primary_object(body, expires_at, key))
 
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
@@ -154,9 +225,15 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
         source = self._worker_object(body, path)
-        if source is None or not await self.store.aadopt(source, path, _adopted(expires_at)):
-            metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc))
-            await self.store.awrite(path, compress(body, self.settings.compression), metadata)
+        if source is None or not await self.store.aadopt(source, path, _adopted(expires_at, source, path, key)):
+            await self.store.awrite(path, *self._primary_object(body, expires_at, key))
+
+    async def awrite_value(self, scope: Any, key: str, value: str, *, expires_at: datetime | None) -> None:
+        """Store ``value`` as it is, never adopting: a value shaped like a worker's reference that
+        someone typed (the plugin's PUT) must not copy another asset's or task's object in."""
+        await self.store.awrite(
+            object_path(scope, key), *self._primary_object(validate_json_text(value), expires_at, key)
+        )
 
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
@@ -197,17 +274,24 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         self.store.write(
             path,
             compress(body, self.settings.compression),
-            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc)),
+            ObjectMetadata("offload", updated_at=datetime.now(timezone.utc), key=recorded_key(key)),
         )
         return OBJECT_REF_PREFIX + path
 
     def _from_ref(self, stored: str) -> Any:
+        """The value behind ``stored``; inside a task, only if it names the accessor's own key's object."""
         if stored.startswith(INLINE_REF_PREFIX):
             return decode_json(stored[len(INLINE_REF_PREFIX) :])
         path = stored[len(OBJECT_REF_PREFIX) :] if stored.startswith(OBJECT_REF_PREFIX) else None
         if path is None or parse(path) is None:
             raise ValueError(f"not a state reference written by objstore-backend: {stored[:200]!r}")
+        reader = _reading_accessor()
         found = self.store.read(path)
+        if reader is not None:
+            origin = found.metadata.origin if found is not None else None
+            refusal = reference_refusal(path, *reader, origin=origin)
+            if refusal is not None:
+                raise RefusedReferenceError(f"Airflow's row for state key {reader[1]!r} is refused: {refusal}")
         if found is None:
             raise StateObjectMissingError(
                 f"Airflow references state object {self.store.display_path(path)}, which is missing "

@@ -24,7 +24,7 @@ from objstore_backend.codec import COMPRESSIONS
 from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreSettings, parse_storage_options
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
-from objstore_backend.layout import parse
+from objstore_backend.layout import is_hashed, original_key, parse
 from objstore_backend.reconcile import AirflowDBReconciler, create_db_engine
 from objstore_backend.store import ObjectStore, json_text
 
@@ -129,6 +129,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, *, env: str, help: str) ->
     """A ``--flag`` that takes no value; its default, from an env var, must be a boolean."""
     parser.add_argument(
         name, action=_StoreTrue, type=_option_type(_boolean), default=_env_default(env, False), help=help
+    )
+
+
+def _writers_stopped_flag(parser: argparse.ArgumentParser, command: str) -> None:
+    _flag(
+        parser,
+        "--writers-stopped",
+        env="WRITERS_STOPPED",
+        help=f"every task and API server writing the store is stopped: lets {command} run on a filesystem "
+        "without conditional deletes and create-only writes (sftp, ftp, hdfs, smb, webdav), where it "
+        "refuses otherwise (see docs/reliability.md)",
     )
 
 
@@ -238,12 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
             "gc --airflow-db postgresql://gc_reader@db/airflow --offload-grace 3600",
         ],
         exit_status="exit status: 0 all went well, 1 some read, delete or reconciliation failed (see errors), "
-        "2 bad usage",
+        "2 bad usage, or a filesystem without conditional deletes (see --writers-stopped)",
     )
     _sweep_options(
         gc, json_help="print the summary as one JSON object on the last line", concurrency_help="requests in flight"
     )
     _flag(gc, "--dry-run", env="DRY_RUN", help="delete nothing")
+    _writers_stopped_flag(gc, "gc")
     gc.add_argument(
         "--shard",
         type=_option_type(parse_shard),
@@ -340,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
             "import --airflow-db sqlite:////opt/airflow/airflow.db --commonio-path s3://bucket/task-state/",
         ],
         exit_status="exit status: 0 every live row is in the store, 1 some row could not be imported "
-        "(each named on stderr), 2 bad usage",
+        "(each named on stderr), 2 bad usage, or a filesystem without create-only writes (see --writers-stopped)",
     )
     _sweep_options(
         importer,
@@ -362,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compress the values written, as the backend's [objstore_backend] compression (default none)",
     )
     _flag(importer, "--dry-run", env="DRY_RUN", help="write nothing; count what would be written")
+    _writers_stopped_flag(importer, "import")
     importer.add_argument(
         "--commonio-path",
         metavar="URL",
@@ -411,7 +424,8 @@ def _describe(store: ObjectStore, path: str, size: int) -> dict[str, Any]:
     if metadata is None:  # deleted since the listing
         return {**entry, "mode": "gone"}
     expires = metadata.expires_at.isoformat() if metadata.expires_at else None
-    return {**entry, "mode": metadata.mode, "expires_at": expires, "expired": metadata.is_expired()}
+    key = original_key(location, metadata.key)  # None: hashed in the path and not recorded
+    return {**entry, "key": key, "mode": metadata.mode, "expires_at": expires, "expired": metadata.is_expired()}
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -425,7 +439,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 row["mode"], "-"
             )
             flag = " (expired)" if row.get("expired") else ""
-            print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}")
+            hashed = "key" in row and is_hashed(row["path"].rsplit("/", 1)[-1])
+            key = (f"  (key {row['key']!r})" if row["key"] else "  (key not recorded)") if hashed else ""
+            print(f"{row['mode']:<8} {row['bytes']:>10}  {expiry:<32}{flag} {row['path']}{key}")
     return EXIT_OK
 
 
@@ -452,6 +468,7 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
         index_url=args.index or None,
         offload_grace=timedelta(seconds=args.offload_grace),
         batched_deletes=args.delete_mode == "batch",
+        writers_stopped=args.writers_stopped,
         reconciler=args.reconciler,
     )
 
@@ -549,6 +566,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         compression=args.compression,
         commonio=CommonIOSource(commonio_path, args.commonio_storage_options) if commonio_path else None,
+        writers_stopped=args.writers_stopped,
     )
     db = AirflowStateDB(args.airflow_db)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import gzip
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -126,9 +127,30 @@ def check_json_document(data: bytes | bytearray) -> None:
     """
     try:
         msgspec.json.decode(data, type=msgspec.Raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ValueError(f"not a valid JSON document (NaN and Infinity are not JSON): {message}") from exc
+    except RecursionError:
+        raise ValueError("not a valid JSON document: nested too deeply") from None
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a valid JSON document: {_what_is_wrong(data, str(exc))}") from exc
+
+
+_AT_BYTE = re.compile(r"^(?:JSON is malformed: )?(.*?)(?: \(byte (\d+)\))?$")
+_NON_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+_EXCERPT_BYTES = 24
+
+
+def _what_is_wrong(data: bytes | bytearray, reason: str) -> str:
+    """The decoder's reason, where it is (byte offset) and the text there, naming NaN or Infinity
+    only when the document holds one there."""
+    found = _AT_BYTE.match(reason)
+    if found is None or found.group(2) is None:
+        return reason[0].lower() + reason[1:] if reason else "unreadable"
+    what, at = found.group(1), int(found.group(2))
+    start = at - 1 if at and data[at - 1 : at] == b"-" else at
+    literal = next((name for name in _NON_FINITE if data[start : start + len(name)] == name), None)
+    if literal is not None:
+        what, at = f"{literal.decode()} is not JSON (it has no NaN or Infinity)", start
+    excerpt = bytes(data[max(0, at - _EXCERPT_BYTES // 2) : at + _EXCERPT_BYTES // 2]).decode("utf-8", "replace")
+    return f"{what} at byte {at}, near {excerpt!r}"
 
 
 def validate_json_text(value: str) -> bytes:

@@ -12,14 +12,23 @@ is refused and named, never followed.
 from __future__ import annotations
 
 import configparser
+import io
+import lzma
 import os
 import posixpath
+import zipfile
+import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
+import fsspec
+import fsspec.compression
 from fsspec.core import split_protocol
+from fsspec.utils import infer_compression
 
 from objstore_backend.config import StoreSettings, split_connection_id
+from objstore_backend.errors import StoreError
+from objstore_backend.transports.base import describe_cause
 
 __all__ = ["CommonIOSource", "commonio_path_from_airflow", "is_path_ref"]
 
@@ -54,8 +63,6 @@ class CommonIOSource:
     def __init__(self, base_path: str, storage_options: dict[str, Any] | None = None) -> None:
         self.base_path = base_path
         url, options = StoreSettings(path=base_path, storage_options=storage_options or {}).resolve()
-        import fsspec
-
         protocol = split_protocol(url)[0] or "file"
         if protocol in ("s3", "s3a", "gs", "gcs"):  # a fresh view of the bucket, never a cached listing
             options = {"skip_instance_cache": True, "use_listings_cache": False, **options}
@@ -76,14 +83,29 @@ class CommonIOSource:
         return relative
 
     def read(self, ref: str) -> bytes | None:
-        """The value (decompressed by its suffix, as common.io reads it) or ``None`` if missing."""
+        """The value (decompressed by its suffix, as common.io reads it) or ``None`` if missing.
+
+        The object is read whole, then decompressed: a store that fails is a :class:`StoreError`,
+        a body that is not what its suffix says (not gzip, cut short) a ``ValueError``, each naming ``ref``.
+        """
         path = f"{self._root}/{self.relative(ref)}"
         try:
-            with self._fs.open(path, "rb", compression="infer") as handle:
-                data: bytes = handle.read()
+            data: bytes = self._fs.cat_file(path)
         except FileNotFoundError:
             return None
-        return data
+        except OSError as exc:
+            raise StoreError(f"reading the common.io object {ref} failed: {describe_cause(exc)}") from exc
+        compression = infer_compression(path)
+        if compression is None:
+            return data
+        try:
+            with fsspec.compression.compr[compression](io.BytesIO(data), mode="rb") as handle:
+                decompressed: bytes = handle.read()
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+            raise ValueError(
+                f"the common.io object {ref} is damaged: not a whole {compression} stream ({describe_cause(exc)})"
+            ) from None
+        return decompressed
 
 
 def is_path_ref(ref: str) -> bool:

@@ -13,9 +13,11 @@ __all__ = [
     "BucketNotFoundError",
     "CorruptObjectError",
     "MetadataDBError",
+    "RefusedReferenceError",
     "StateObjectMissingError",
     "StoreAccessDenied",
     "StoreError",
+    "UnguardedStoreError",
 ]
 
 
@@ -39,5 +41,14 @@ class StoreAccessDenied(StoreError, PermissionError):
     """The store refused the credentials, or they may not do this (never retried)."""
 
 
+class RefusedReferenceError(ValueError):
+    """A stored reference names another key's object (forged, or copied from another scope): never followed."""
+
+
 class MetadataDBError(OSError):
     """Airflow's metadata DB could not be read: unreachable, refused, or not an Airflow schema."""
+
+
+class UnguardedStoreError(ValueError):
+    """The filesystem cannot make the GC's deletes or ``import``'s writes conditional: run there,
+    they could delete or overwrite a value a writer set meanwhile, so they refuse (a usage error)."""

@@ -8,7 +8,10 @@ A row already in the DB with the same value and expiry is left alone (a second r
 nothing); one updated after the object's value was set (``updated_at``) is newer and kept;
 a row as old as the object (the row it was imported from, maybe a reference) gets the value. A key
 whose DAG run or asset is gone from the DB has no row to go to (foreign keys): counted as
-``no_owner`` and named. The store is only read.
+``no_owner`` and named. A key hashed in its path goes back under the key the object records;
+one that records none cannot be recovered and is an error, named. A key in an Airflow 3.4 dynamic
+region (``region=<uuid>/``: a mapped task or a task loop) goes back to its region's row on 3.4, and
+is an error, named, on 3.3, which has no regions. The store is only read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 from airflow.models.asset import AssetModel
 from airflow.models.asset_state_store import AssetStateStoreModel
@@ -31,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from objstore_backend.codec import check_json_document
 from objstore_backend.errors import CorruptObjectError, StoreError
-from objstore_backend.layout import Location, ScopeKind, is_hashed, parse
+from objstore_backend.layout import Location, ScopeKind, is_hashed, original_key, parse
 from objstore_backend.migrate import MoveReport
 from objstore_backend.store import ListedObject, ObjectStore
 
@@ -55,6 +59,29 @@ class _NoOwner(Exception):
     """The key's DAG run or asset is not in the DB."""
 
 
+def _task_scope(location: Location, path: str) -> Any:
+    """Airflow's task scope for a task key: 3.4's region-keyed scope for a ``region=`` path."""
+    if any(is_hashed(segment) for segment in location.ids):
+        raise ValueError(f"{path}: an id too long to keep whole in the path cannot be recovered")
+    if len(location.ids) == 4:
+        dag_id, run_id, task_id, map_index = location.ids
+        return TaskScope(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=int(map_index))
+    dag_id, run_id, region, task_id, region_index = location.ids
+    if not hasattr(TaskStateStoreModel, "region_id"):
+        raise ValueError(
+            f"{path}: a task in an Airflow 3.4 dynamic region (a mapped task or a task loop); this Airflow "
+            "has no regions: export it with Airflow 3.4"
+        )
+    region_scope: Any = TaskScope  # typed as the installed release's: 3.3's takes no region
+    return region_scope(
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        region_id=UUID(region.removeprefix("region=")),
+        region_index=int(region_index),
+    )
+
+
 def _scope(location: Location, path: str) -> Any:
     """The core scope Airflow's backend takes for the key at ``path``; ``ValueError`` if there is none."""
     if location.kind is ScopeKind.ASSET_ID:
@@ -63,10 +90,7 @@ def _scope(location: Location, path: str) -> Any:
         raise ValueError(
             f"{path}: keyed by asset {location.kind.value.split('/')[1]}, which the API server never writes"
         )
-    if len(location.ids) != 4 or any(is_hashed(segment) for segment in location.ids):
-        raise ValueError(f"{path}: an id too long to keep whole in the path (or a region) cannot be recovered")
-    dag_id, run_id, task_id, map_index = location.ids
-    return TaskScope(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=int(map_index))
+    return _task_scope(location, path)
 
 
 class _Exporter:
@@ -84,12 +108,11 @@ class _Exporter:
             if self.session.scalar(run) is None:
                 raise _NoOwner(f"the DAG run {scope.dag_id}/{scope.run_id} is not in the DB")
             model: Any = TaskStateStoreModel
-            where = [
-                model.dag_id == scope.dag_id,
-                model.run_id == scope.run_id,
-                model.task_id == scope.task_id,
-                model.map_index == scope.map_index,
-            ]
+            where = [model.dag_id == scope.dag_id, model.run_id == scope.run_id, model.task_id == scope.task_id]
+            if hasattr(model, "region_id"):  # Airflow 3.4
+                where += [model.region_id == scope.region_id, model.region_index == scope.region_index]
+            else:
+                where.append(model.map_index == scope.map_index)
         else:
             if self.session.scalar(select(AssetModel.id).where(AssetModel.id == scope.asset_id)) is None:
                 raise _NoOwner(f"the asset id={scope.asset_id} is not in the DB")
@@ -111,9 +134,15 @@ class _Exporter:
         if meta.is_expired(self.now):
             return "skipped_expired", None
         scope = _scope(location, path)
+        key = original_key(location, meta.key)
+        if key is None:
+            raise ValueError(
+                f"{path}: the key is too long to keep whole in the path, and the object does not record it "
+                "(written before keys were recorded, or too long for the store's metadata): it cannot be recovered"
+            )
         check_json_document(found.body)
         value = found.body.decode("utf-8")
-        row = self._existing_row(scope, location.key)
+        row = self._existing_row(scope, key)
         expires_at = meta.expires_at if hasattr(scope, "task_id") else None
         if row is not None:
             row_expires = getattr(row, "expires_at", None)
@@ -124,7 +153,7 @@ class _Exporter:
             if written is None or row.updated_at > written:
                 return "skipped_newer", f"{path}: the DB row (updated {row.updated_at.isoformat()}) is newer"
         if not dry_run:
-            self.backend.set(scope, location.key, value, expires_at=expires_at, session=self.session)
+            self.backend.set(scope, key, value, expires_at=expires_at, session=self.session)
             self.session.commit()
         self.report.bytes += len(found.body)
         return "exported", None

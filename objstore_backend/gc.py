@@ -5,7 +5,8 @@ one calls ``cleanup()``), so this sweep is what reclaims space. It streams the l
 at a time (memory stays flat whatever the bucket holds) while the next page is fetched, reads
 each object's expiry (from the listing on GCS; with HEADs, ``concurrency`` in flight, on S3),
 and deletes in batches with a condition on the version it checked, so a key rewritten between
-the check and the delete survives.
+the check and the delete survives. Where the filesystem has no such condition (sftp, ftp, hdfs,
+smb, webdav...) it refuses to run, unless told every writer is stopped (``writers_stopped``).
 
 Never deleted: unexpired and never-expiring objects, objects that do not parse as this
 layout (foreign), unreadable objects, and offload objects unless a :class:`Reconciler` proves
@@ -62,6 +63,9 @@ class GCOptions:
     #: False: one conditional DeleteObject per key, for S3-compatible servers that ignore
     #: the ETag condition inside DeleteObjects (AWS S3 honours it).
     batched_deletes: bool = True
+    #: Every writer of the store is stopped for the sweep: run even where deletes cannot be
+    #: conditional (see :meth:`~objstore_backend.store.ObjectStore.check_guarded`).
+    writers_stopped: bool = False
     reconciler: Reconciler | None = None
     now: datetime | None = None
 
@@ -263,8 +267,14 @@ class _Sweep:
 def run_gc(
     store: ObjectStore, options: GCOptions | None = None, progress: Callable[[int], None] | None = None
 ) -> GCReport:
-    """Sweep the store once; ``progress`` is called with the number of objects each page scanned."""
+    """Sweep the store once; ``progress`` is called with the number of objects each page scanned.
+
+    Raises :class:`~objstore_backend.errors.UnguardedStoreError`, before any request, where the
+    store cannot delete conditionally (a dry run deletes nothing: it runs anywhere).
+    """
     options = options or GCOptions()
+    if not options.dry_run:
+        store.check_guarded("gc", writers_stopped=options.writers_stopped)
     index, count = options.shard
     report = GCReport(dry_run=options.dry_run, shard=f"{index}/{count}")
 

@@ -29,7 +29,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -54,8 +54,14 @@ class IndexDamaged(Exception):
     """An index document or part that is not what this version wrote, for this base."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def _millis(moment: datetime | None) -> int:
-    return -1 if moment is None else int(moment.timestamp() * 1000)
+    """Whole milliseconds since the epoch, exactly (a float timestamp rounds the year 9999's last
+    millisecond up into the year 10000)."""
+    return -1 if moment is None else (moment - _EPOCH) // _MILLISECOND
 
 
 def _line(key: str, etag: str, modified: int, metadata: ObjectMetadata) -> bytes:
@@ -66,7 +72,7 @@ def _line(key: str, etag: str, modified: int, metadata: ObjectMetadata) -> bytes
 def _parse_line(line: bytes) -> tuple[str, str, int, ObjectMetadata]:
     key, etag, modified, mode, expires = line.decode().split("\t")
     kind, adopted = _FROM_MODE[mode]
-    expires_at = datetime.fromtimestamp(int(expires) / 1000, timezone.utc) if expires else None
+    expires_at = _EPOCH + int(expires) * _MILLISECOND if expires else None
     return key, etag, int(modified), ObjectMetadata(kind, expires_at, adopted)  # type: ignore[arg-type]
 
 

@@ -12,6 +12,10 @@ Paths here are relative to the store's base path. Every id and key is one escape
 so no id can leave its prefix or collide with another, and every prefix ends in ``/`` so
 clearing task ``t`` never touches ``t2``, nor map index ``1`` index ``10``. The GC and the
 audit parse paths back with :func:`parse`; what does not parse is foreign and never deleted.
+A segment too long for a path is hashed; for a key, the object records the key itself
+(:func:`recorded_key`, :func:`original_key`), so ``export`` and listings can give it back.
+A region (3.4's mapped tasks and task loops) is a non-zero UUID, written canonically; the zero
+region is 3.3's path, so a region's prefix and the zero region's never contain one another.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 from urllib.parse import quote, unquote
+from uuid import UUID
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -34,7 +39,9 @@ __all__ = [
     "is_hashed",
     "is_reserved",
     "object_path",
+    "original_key",
     "parse",
+    "recorded_key",
     "scope_prefix",
 ]
 
@@ -58,6 +65,7 @@ _SAFE = "-_."
 _EMPTY = "%"  # quote() never writes a lone "%": it is free to stand for the empty string
 _HASHED = re.compile(r"^[A-Za-z0-9%._-]*~[0-9a-f]{64}$")
 _STEM_BYTES = 48
+_REGION = "region="  # an escaped id never holds "=": no task id can pass for a region segment
 
 
 class ScopeKind(str, Enum):
@@ -112,6 +120,20 @@ def encode_segment(value: str) -> str:
     return f"{stem}~{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
+def recorded_key(key: str) -> str | None:
+    """``key`` itself when its segment is hashed, else ``None``: what the object must record,
+    since its path cannot give the key back."""
+    return key if is_hashed(encode_segment(key)) else None
+
+
+def original_key(location: Location, recorded: str | None) -> str | None:
+    """The key of the object at ``location``: from its path, or, for a hashed segment, the key the
+    object recorded (:func:`recorded_key`), if it hashes to that very segment; ``None`` if neither."""
+    if not is_hashed(location.key):
+        return location.key
+    return recorded if recorded is not None and encode_segment(recorded) == location.key else None
+
+
 def decode_segment(segment: str) -> str:
     """Reverse :func:`encode_segment`; a hashed segment is returned as it is written."""
     if segment == _EMPTY:
@@ -127,11 +149,26 @@ def decode_segment(segment: str) -> str:
 
 
 def _region_segment(scope: Any) -> list[str]:
-    """Airflow 3.4's ``TaskScope.region_id``: part of the identity when set and non-zero."""
+    """Airflow 3.4's ``TaskScope.region_id`` (a mapped task's or a task loop's dynamic region): part
+    of the identity when non-zero. Only a UUID is a region; the zero UUID (and 3.3's scope, which has
+    none) is "no region" and keeps 3.3's path."""
     region = getattr(scope, "region_id", None)
-    if region is None or getattr(region, "int", region) in (0, "", None):
+    if region is None:
         return []
-    return [f"region={encode_segment(str(region))}"]
+    if not isinstance(region, UUID):
+        raise TypeError(f"region_id must be a UUID, got {type(region).__name__}: {region!r}")
+    return [] if region.int == 0 else [f"{_REGION}{region}"]
+
+
+def _region_of(segment: str) -> str | None:
+    """The segment itself if it is a region segment as :func:`_region_segment` writes it, else ``None``."""
+    if not segment.startswith(_REGION):
+        return None
+    try:
+        region = UUID(segment[len(_REGION) :])
+    except ValueError:
+        return None
+    return segment if region.int != 0 and f"{_REGION}{region}" == segment else None
 
 
 def _is_task_scope(scope: Any) -> bool:
@@ -140,7 +177,10 @@ def _is_task_scope(scope: Any) -> bool:
 
 
 def _map_index(scope: Any) -> str:
-    map_index = scope.map_index
+    # 3.4 calls it region_index (map_index is a read-only alias); 3.3 has only map_index
+    map_index = getattr(scope, "region_index", None)
+    if map_index is None:
+        map_index = scope.map_index
     if isinstance(map_index, bool) or not isinstance(map_index, int):
         raise TypeError(f"map_index must be an int, got {type(map_index).__name__}: {map_index!r}")
     return str(map_index)
@@ -199,15 +239,13 @@ def parse(path: str) -> Location | None:
     try:
         if parts[0] == "task" and len(parts) in (6, 7):
             ids = parts[1:-1]
-            if len(parts) == 7:  # with a region segment before the task id
-                if not ids[2].startswith("region="):
-                    return None
-                ids[2] = "region=" + decode_segment(ids[2][len("region=") :])
+            region = _region_of(ids[2]) if len(parts) == 7 else None
+            if len(parts) == 7 and region is None:  # 7 parts are only a task in a region
+                return None
             if not re.fullmatch(r"-?[0-9]+", ids[-1]) or str(int(ids[-1])) != ids[-1]:
                 return None
             decoded = tuple(
-                seg if i == len(ids) - 1 or seg.startswith("region=") else decode_segment(seg)
-                for i, seg in enumerate(ids)
+                seg if i == len(ids) - 1 or seg == region else decode_segment(seg) for i, seg in enumerate(ids)
             )
             return Location(ScopeKind.TASK, decoded, decode_segment(parts[-1]))
         if parts[0] == "asset" and len(parts) == 4 and parts[1] in _ASSET_KINDS:

@@ -29,9 +29,10 @@ import orjson
 
 from objstore_backend.codec import check_json_document, compress, validate_json_text
 from objstore_backend.commonio import CommonIOSource, is_path_ref
-from objstore_backend.errors import StoreError
-from objstore_backend.layout import object_path, parse
-from objstore_backend.state_rows import AirflowStateDB, StateRow
+from objstore_backend.errors import RefusedReferenceError
+from objstore_backend.layout import object_path, parse, recorded_key
+from objstore_backend.refs import reference_refusal
+from objstore_backend.state_rows import AirflowStateDB, AssetScopeId, StateRow
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject
 
 __all__ = ["ImportOptions", "ImportReport", "MoveReport", "run_import"]
@@ -64,6 +65,9 @@ class ImportOptions:
     compression: str = "none"
     #: where common.io's references point; ``None``: such a reference is an error, named
     commonio: CommonIOSource | None = None
+    #: Every writer of the store is stopped for the run: import even where create-only writes
+    #: cannot be conditional (see :meth:`~objstore_backend.store.ObjectStore.check_guarded`).
+    writers_stopped: bool = False
 
 
 @dataclass
@@ -135,14 +139,19 @@ class _Importer:
         if ref.startswith(_INLINE_REF):
             return validate_json_text(ref[len(_INLINE_REF) :]), None
         if ref.startswith(_OBJECT_REF):
-            return await self._read_own(ref[len(_OBJECT_REF) :])
+            return await self._read_own(ref[len(_OBJECT_REF) :], row)
         if not is_path_ref(ref):  # common.io keeps a value under its threshold as the JSON text
             return validate_json_text(ref), None
         return await self._read_commonio(ref), None
 
-    async def _read_own(self, relative: str) -> tuple[bytes, str]:
+    async def _read_own(self, relative: str, row: StateRow) -> tuple[bytes, str]:
+        """Our offload object behind the row, if it is the row's own key's (never another scope's, copied in)."""
         if parse(relative) is None:
             raise ValueError(f"the reference objstore:{relative} is not a path of this package's layout")
+        names = (row.scope.name, row.scope.uri) if isinstance(row.scope, AssetScopeId) else (None, None)
+        refusal = reference_refusal(relative, row.scope, row.key, asset_name=names[0], asset_uri=names[1])
+        if refusal is not None:
+            raise RefusedReferenceError(f"not imported: {refusal}")
         found = await self.store.aread(relative)
         if found is None:
             raise _Unresolved(f"the referenced object {self.store.display_path(relative)} is missing")
@@ -179,7 +188,7 @@ class _Importer:
         return NEWER
 
     async def _write(self, path: str, body: bytes, row: StateRow, *, create_only: bool) -> None:
-        metadata = ObjectMetadata("primary", row.expires_at, updated_at=row.updated_at)
+        metadata = ObjectMetadata("primary", row.expires_at, updated_at=row.updated_at, key=recorded_key(row.key))
         await self.store.awrite(path, compress(body, self.options.compression), metadata, create_only=create_only)
 
     async def _import(self, row: StateRow) -> tuple[str, str | None]:
@@ -212,7 +221,7 @@ class _Importer:
             return await self._import(row)
         except FileExistsError:
             return NEWER, f"{row}: written by someone else while importing it"
-        except (StoreError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # the store, or a row's source, failed or is damaged
             return ERROR, f"{row}: {exc}"
 
 
@@ -247,10 +256,16 @@ def run_import(
     progress: Callable[[int], None] | None = None,
     on_problem: Callable[[str], None] = lambda note: None,
 ) -> ImportReport:
-    """Import every live row of ``db`` into ``store``; a DB failure midway is reported, not raised."""
+    """Import every live row of ``db`` into ``store``; a DB failure midway is reported, not raised.
+
+    Raises :class:`~objstore_backend.errors.UnguardedStoreError`, before any row is read, where
+    the store cannot write create-only (a dry run writes nothing: it runs anywhere).
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     options = options or ImportOptions()
+    if not options.dry_run:
+        store.check_guarded("import", writers_stopped=options.writers_stopped)
     report = ImportReport(dry_run=options.dry_run)
     started = time.monotonic()
     try:

@@ -31,20 +31,24 @@ import fsspec.asyn
 from fsspec.core import split_protocol
 
 from objstore_backend.codec import check_json_document, decompress
-from objstore_backend.errors import CorruptObjectError, StoreError
+from objstore_backend.errors import CorruptObjectError, StoreError, UnguardedStoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES, is_reserved
-from objstore_backend.transports import GONE, LocalTransport, S3Transport, Transport, transport_for
+from objstore_backend.transports import GONE, GUARDED_STORES, LocalTransport, S3Transport, Transport, transport_for
 from objstore_backend.transports.base import (
     META_ADOPTED,
     META_EXPIRES,
+    META_KEY,
     META_LAYOUT,
     META_MODE,
+    META_ORIGIN,
     META_UPDATED,
     Body,
     ListedObject,
     RetryPolicy,
     describe_cause,
+    format_key,
     format_time,
+    parse_key,
     parse_time,
 )
 from objstore_backend.transports.s3 import S3_CONFIG_DEFAULTS
@@ -73,6 +77,9 @@ class ObjectMetadata:
     expires_at: datetime | None = None
     adopted: bool = False
     updated_at: datetime | None = None  # None: written by a version that did not record it
+    #: The key, on an object whose path holds it hashed (:func:`~objstore_backend.layout.recorded_key`).
+    key: str | None = None
+    origin: str | None = None  # an adopted copy's source path, where it differs from its own
 
     def to_strings(self) -> dict[str, str]:
         meta = {META_LAYOUT: str(LAYOUT_VERSION), META_MODE: self.mode}
@@ -82,6 +89,10 @@ class ObjectMetadata:
             meta[META_ADOPTED] = "1"
         if self.updated_at is not None:
             meta[META_UPDATED] = format_time(self.updated_at)
+        if self.key is not None:
+            meta[META_KEY] = format_key(self.key)
+        if self.origin is not None:
+            meta[META_ORIGIN] = self.origin
         return meta
 
     @classmethod
@@ -102,6 +113,8 @@ class ObjectMetadata:
             times[META_EXPIRES],
             meta.get(META_ADOPTED) == "1",
             times[META_UPDATED],
+            key=parse_key(meta[META_KEY]) if META_KEY in meta else None,  # checked against the path by its reader
+            origin=meta.get(META_ORIGIN),
         )
 
     def is_expired(self, now: datetime | None = None) -> bool:
@@ -121,7 +134,7 @@ _T = TypeVar("_T")
 #: The option the store reads out of ``storage_options`` for its :class:`RetryPolicy`.
 RETRY_OPTION = "retry"
 
-#: Options that make s3fs/gcsfs answer from the store, never from a process-local cache.
+#: Options that make s3fs/gcsfs (and ftp's, sftp's... clients) answer from the store, never from a process-local cache.
 _NO_CACHE = {"skip_instance_cache": True, "use_listings_cache": False}
 
 
@@ -203,6 +216,25 @@ class ObjectStore:
                 "(or an Airflow connection id, scheme://conn_id@bucket/...), never in the URL"
             )
 
+    def check_guarded(self, command: Literal["gc", "import"], *, writers_stopped: bool = False) -> None:
+        """Refuse to run ``command`` where the transport cannot make it safe against writers.
+
+        The GC deletes a key only if it is still the version it found expired; ``import``
+        writes a key only if none is there yet. Without that condition in the store, a key a
+        writer sets meanwhile would be deleted, or overwritten. ``writers_stopped``: the
+        operator has stopped every writer of the store for the run, so no condition is needed.
+        """
+        needed = "supports_conditional_delete" if command == "gc" else "supports_create_only"
+        if writers_stopped or getattr(self.transport, needed):
+            return
+        what = "conditional deletes" if command == "gc" else "create-only writes"
+        risk = "delete a key rewritten meanwhile" if command == "gc" else "overwrite a key set meanwhile"
+        raise UnguardedStoreError(
+            f"{command} refuses to run on {self.url}: the {self.protocol} filesystem has no {what}, so it "
+            f"could {risk}. They run on {GUARDED_STORES}; on {self.protocol}, only with every writer of the "
+            f"store stopped for the run (--writers-stopped)"
+        )
+
     def _check_root_length(self) -> None:
         key_part = self.root.split("/", 1)[1] if self.transport.is_async and "/" in self.root else ""
         if len(key_part.encode()) > MAX_BASE_KEY_BYTES:
@@ -224,6 +256,8 @@ class ObjectStore:
                 options["loop"] = loop
         elif self.protocol == "memory":
             options.setdefault("skip_instance_cache", True)
+        else:  # sftp, ftp, ...: no listing cached in this process, a client of the store's own
+            options = {**_NO_CACHE, **options}
         return cls(**options)
 
     # -- running a transport coroutine, sync or on the caller's loop ---------------------
@@ -294,10 +328,29 @@ class ObjectStore:
         found = await self.transport.head(fs, self.full_path(relative))
         return None if found is None else ObjectMetadata.from_strings(found, self.display_path(relative))
 
+    def _metadata_strings(self, relative: str, metadata: ObjectMetadata) -> dict[str, str]:
+        """The metadata to write; a recorded key the store has no room for is left out, with a warning
+        (the value is still stored: only ``export`` cannot give the key back, and names it)."""
+        strings = metadata.to_strings()
+        limit = self.transport.metadata_bytes
+        if limit is not None and META_KEY in strings:
+            size = sum(len(name.encode()) + len(value.encode()) for name, value in strings.items())
+            if size > limit:
+                del strings[META_KEY]
+                logger.warning(
+                    "%s: its key is too long to record in the object's metadata (%d bytes, the store takes %d): "
+                    "export cannot give this key back",
+                    self.display_path(relative),
+                    size,
+                    limit,
+                )
+        return strings
+
     async def _write(
         self, fs: Any, relative: str, body: bytes, metadata: ObjectMetadata, create_only: bool = False
     ) -> None:
-        await self.transport.write(fs, self.full_path(relative), body, metadata.to_strings(), create_only=create_only)
+        strings = self._metadata_strings(relative, metadata)
+        await self.transport.write(fs, self.full_path(relative), body, strings, create_only=create_only)
 
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
@@ -314,7 +367,7 @@ class ObjectStore:
             return False
         if mode != "offload":
             return False
-        await self.transport.write(fs, self.full_path(target), found[0], metadata.to_strings())
+        await self.transport.write(fs, self.full_path(target), found[0], self._metadata_strings(target, metadata))
         return True
 
     async def _clear_prefix(self, fs: Any, relative_prefix: str) -> int:

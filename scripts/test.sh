@@ -1,7 +1,49 @@
 #!/usr/bin/env bash
-# The test suite: installs .venv if needed, then runs pytest. The tests start the servers they
-# need themselves (moto's S3 server) and run the example DAG in real Airflow (`dags test`).
+# The test suite on both supported Airflow releases: installs what it needs from the system
+# (scripts/install-test-deps.sh), .venv (Airflow 3.3, scripts/venv.sh) and .venv-airflow34 (3.4,
+# scripts/venv-airflow34.sh) when missing, then runs pytest twice at once: everything on 3.3 and
+# what is marked airflow_bound on 3.4 (each run keeps to about one core: side by side they fit CI's
+# time; the 3.4 run's output follows the 3.3 run's). The tests start the servers they need themselves (moto,
+# fake-gcs-server, Azurite, PostgreSQL, Airflow's API server). Arguments go to both runs (a
+# `-m EXPR` narrows the 3.4 run to `airflow_bound and (EXPR)`); with arguments, a run that selects
+# nothing on its release passes. Fails if either run fails; the last line is pytest's summary of the
+# failing run (of the 3.4 run when both pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh
 source scripts/venv.sh
-exec python -m pytest "$@"
+source scripts/venv-airflow34.sh
+
+args=() bound=(-m airflow_bound)
+while [ $# -gt 0 ]; do
+  case $1 in
+    -m) bound=(-m "airflow_bound and (${2:?-m needs an expression})"); args+=("$1" "$2"); shift 2 ;;
+    -m*) bound=(-m "airflow_bound and (${1#-m})"); args+=("$1"); shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+# run RELEASE VENV PYTEST_ARGS...: pytest on VENV's Airflow, its output also kept in $logs/RELEASE
+run() {
+  local release=$1 venv=$2 status=0
+  shift 2
+  echo "=== Airflow $release: python -m pytest $*"
+  PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest "$@" 2>&1 | tee "$logs/$release" || status=$?
+  [ "$status" = 5 ] && [ ${#args[@]} -gt 0 ] && status=0 # nothing selected here, by the caller's choice
+  return "$status"
+}
+
+status_33=0 status_34=0
+run 3.4 .venv-airflow34 "${args[@]}" "${bound[@]}" > /dev/null &
+pid_34=$!
+run 3.3 .venv "${args[@]}" || status_33=$?
+wait "$pid_34" || status_34=$?
+echo "=== Airflow 3.4: python -m pytest ${args[*]} ${bound[*]} (ran beside the 3.3 run)"
+cat "$logs/3.4"
+if [ "$status_33" != 0 ] && [ "$status_34" = 0 ]; then
+  echo "=== the Airflow 3.3 run failed (exit $status_33):"
+  tail -n 1 "$logs/3.3"
+fi
+[ "$status_33" = 0 ] && [ "$status_34" = 0 ]

@@ -1,13 +1,16 @@
 """A real ``airflow api-server`` on a free loopback port, for the plugin's tests and benchmark.
 
-SimpleAuthManager with two users: ``admin`` (role Admin) and ``viewer`` (role Viewer), their
-passwords in a file; tokens come from ``POST /auth/token`` like any API client's. The server
-loads the plugin from the installed package's ``airflow.plugins`` entry point.
+SimpleAuthManager's users, through :class:`tests.per_dag_auth.PerDagAuthManager` (a subclass
+that can limit a user to some DAGs): ``admin`` (role Admin), ``viewer`` (role Viewer, every DAG)
+and ``dag_a_editor`` (role User, DAG ``dag_a`` only), their passwords in a file; tokens come from
+``POST /auth/token`` like any API client's. The server loads the plugin from the installed
+package's ``airflow.plugins`` entry point.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,36 +18,44 @@ from typing import Any
 
 import httpx
 
-from tests.airflow_home import AIRFLOW
+from tests import per_dag_auth
+from tests.airflow_home import AIRFLOW, REPO
 from tests.servers import free_port
 
-PASSWORDS = {"admin": "admin-pw", "viewer": "viewer-pw"}
+#: user -> (SimpleAuthManager role, password)
+USERS = {"admin": ("admin", "admin-pw"), "viewer": ("viewer", "viewer-pw"), "dag_a_editor": ("user", "dag-a-pw")}
+PASSWORDS = {user: password for user, (_, password) in USERS.items()}
+#: The users limited to some DAGs, and those DAGs (any other user: every DAG its role allows).
+DAG_GRANTS = {"dag_a_editor": ["dag_a"]}
 
 
 def auth_settings(home: Path) -> dict[str, str]:
-    """airflow.cfg settings (as env vars) for SimpleAuthManager with :data:`PASSWORDS`."""
+    """airflow.cfg settings (as env vars) for :data:`USERS` and :data:`DAG_GRANTS`."""
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(PASSWORDS))
     return {
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__AUTH_MANAGER": per_dag_auth.CLASS_PATH,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:{role}" for user, (role, _) in USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        **per_dag_auth.grants_setting(DAG_GRANTS),
         "AIRFLOW__API_AUTH__JWT_SECRET": "objstore-backend-tests-jwt-secret-0123456789",
         "AIRFLOW__API__SECRET_KEY": "objstore-backend-tests-secret-key",
     }
 
 
 class ApiServer:
-    """``airflow api-server`` in a subprocess (one worker), its log in ``home/api-server.log``."""
+    """``airflow api-server`` in a subprocess (one worker), its log in ``home/<log_name>``."""
 
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, env: dict[str, str], log_name: str = "api-server.log") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "api-server.log"
+        self.log_path = home / log_name
         self._log = self.log_path.open("wb")
+        # the auth manager lives in this repository's tests package
+        path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            env=env,
+            env={**env, "PYTHONPATH": path},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

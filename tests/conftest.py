@@ -19,10 +19,11 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.airflow_home import migrate
+from tests.airflow_home import migrate, running_release
 from tests.servers import (
     CountingMotoServer,
     CountingProxy,
+    FTPServer,
     azurite,
     azurite_connection_string,
     create_azure_container,
@@ -35,6 +36,26 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+#: Fixtures that migrate or run Airflow: a test using one depends on the Airflow release.
+AIRFLOW_FIXTURES = {"migrated_db"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the marks below must be there by then
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what depends on the Airflow release ``airflow_bound`` (scripts/test.sh runs it on 3.3 and
+    again on 3.4): a test marked so, one that runs Airflow (``airflow``) or uses an Airflow fixture, unless
+    it runs ``every_release`` itself; drop ``airflow34`` tests when this venv's Airflow is 3.3."""
+    on_airflow_33 = running_release() == "3.3"
+    kept, deselected = [], []
+    for item in items:
+        bound = item.get_closest_marker("airflow") or AIRFLOW_FIXTURES & set(item.fixturenames)
+        if item.get_closest_marker("airflow34") or bound and not item.get_closest_marker("every_release"):
+            item.add_marker(pytest.mark.airflow_bound)
+        (deselected if on_airflow_33 and item.get_closest_marker("airflow34") else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -225,3 +246,17 @@ def postgres_server() -> Iterator[Any]:
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FTPServer]:
+    """An FTP server (fsspec's ``ftp``): a filesystem with no conditional delete or create."""
+    server = FTPServer(tmp_path_factory.mktemp("ftp")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ftp_location(ftp_server: FTPServer) -> tuple[str, dict[str, Any]]:
+    """A fresh base path on the FTP server, and its storage options."""
+    return f"ftp:///state-{uuid.uuid4().hex[:12]}", ftp_server.storage_options

@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import random
 import socket
 import struct
@@ -240,6 +241,34 @@ class _BackgroundServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+        self._thread.join(timeout=5)
+
+
+class FTPServer(_BackgroundServer):
+    """pyftpdlib's FTP server on a free loopback port, one user owning ``root``: a filesystem
+    with no conditional operations, reached through fsspec's ``ftp`` protocol."""
+
+    USER, PASSWORD = "airflow", "ftp-test"
+
+    def __init__(self, root: Path) -> None:
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
+
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(self.USER, self.PASSWORD, str(root), perm="elradfmwMT")
+        handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+        self._server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+        self.port = self._server.socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.port, "username": self.USER, "password": self.PASSWORD}
+
+    def stop(self) -> None:
+        self._server.close_all()
         self._thread.join(timeout=5)
 
 

@@ -26,7 +26,7 @@ from objstore_backend.dags import add_up_summaries, audit_dag, gc_dag
 from objstore_backend.gc import GCOptions, run_gc
 from objstore_backend.layout import object_path
 from objstore_backend.reconcile import AirflowDBReconciler
-from tests.airflow_home import AIRFLOW, DAGS, airflow_env
+from tests.airflow_home import AIRFLOW, DAGS, INDEX_COLUMN, airflow_env, running_release
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAGS = REPO / "tests" / "dags"
@@ -72,17 +72,24 @@ def output_of(run: Any, home: Path) -> str:
     return (home / "dags-test.log").read_text()
 
 
+#: A DAG's task instances with their return values, per Airflow release: 3.4 renamed the index to
+#: region_index and keeps XComs per task attempt (xcom_v2, by the task instance's id).
+TASK_INSTANCES = {
+    "3.3": "SELECT ti.task_id, ti.map_index, ti.state, ti.try_number, ti.rendered_map_index, x.value "
+    "FROM task_instance ti LEFT JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
+    "LEFT JOIN xcom x ON x.dag_run_id = r.id AND x.task_id = ti.task_id AND x.map_index = ti.map_index "
+    "AND x.key = 'return_value' WHERE ti.dag_id = ?",
+    "3.4": "SELECT ti.task_id, ti.region_index AS map_index, ti.state, ti.try_number, ti.rendered_map_index, "
+    "x.value FROM task_instance ti LEFT JOIN xcom_v2 x ON x.task_instance_id = ti.id AND x.key = 'return_value' "
+    "WHERE ti.dag_id = ? ORDER BY ti.try_number",  # the last attempt's row wins
+}
+
+
 def task_instances(home: Path, dag_id: str) -> dict[tuple[str, int], dict[str, Any]]:
     """(task_id, map_index) -> the task instance's state, try number, label and return value."""
     with sqlite3.connect(home / "airflow.db") as db:
         db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "SELECT ti.task_id, ti.map_index, ti.state, ti.try_number, ti.rendered_map_index, x.value "
-            "FROM task_instance ti LEFT JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
-            "LEFT JOIN xcom x ON x.dag_run_id = r.id AND x.task_id = ti.task_id AND x.map_index = ti.map_index "
-            "AND x.key = 'return_value' WHERE ti.dag_id = ?",
-            (dag_id,),
-        ).fetchall()
+        rows = db.execute(TASK_INSTANCES[running_release()], (dag_id,)).fetchall()
     return {
         (row["task_id"], row["map_index"]): {
             "state": row["state"],
@@ -126,7 +133,8 @@ def test_gc_dag_on_s3_in_shards_and_the_example_file_on_the_embedded_default(
     backend.serialize_task_state_store_to_ref(value={"rows": 2}, key="batch", scope=orphan)
     with sqlite3.connect(home / "airflow.db") as db:
         db.execute(
-            "INSERT INTO task_state_store (dag_run_id, task_id, map_index, key, dag_id, run_id, value, updated_at) "
+            f"INSERT INTO task_state_store (dag_run_id, task_id, {INDEX_COLUMN[running_release()]}, key, dag_id, "
+            "run_id, value, updated_at) "
             "VALUES (1, 'load', -1, 'batch', 'etl', ?, ?, '2026-01-01 00:00:00')",
             (RUNS[0], json.dumps({"__airflow_state_ref__": ref})),
         )

@@ -16,13 +16,14 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 import pytest
 
-from objstore_backend.layout import parse
+from objstore_backend.layout import ScopeKind, object_path, parse
 from objstore_backend.store import ObjectStore
-from tests.airflow_home import AIRFLOW, RETENTION_DAYS, airflow_env
+from tests.airflow_home import AIRFLOW, DAGS, INDEX_COLUMN, RETENTION_DAYS, airflow_env, running_release
 
 pytestmark = pytest.mark.airflow
 
@@ -40,29 +41,37 @@ EXPECTED_TASK_KEYS = {
 }
 
 
-def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
+def dags_test(migrated_db: Path, home: Path, dag_id: str, dags: Path = DAGS, **config: str) -> str:
+    """`airflow dags test` ``dag_id`` of the folder ``dags`` in ``home``, on a copy of the migrated DB;
+    the run's output, once it succeeded."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_db, home / "airflow.db")
-    started = datetime.now(timezone.utc)
-    result = subprocess.run(
-        [AIRFLOW, "dags", "test", DAG_ID], env=airflow_env(home, **config), capture_output=True, text=True
-    )
+    env = airflow_env(home, **config)
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    result = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "state=success" in output, output[-5000:]
+    return output
+
+
+def run_demo(migrated_db: Path, home: Path, **config: str) -> str:
+    started = datetime.now(timezone.utc)
+    output = dags_test(migrated_db, home, DAG_ID, **config)
     assert "reattached to job-" in output and "on try 2" in output, output[-5000:]
     return started.isoformat()
 
 
 def stored_objects(store: ObjectStore) -> dict[tuple[str, ...], Any]:
-    """Every object in the store by (scope kind, task or asset id, map index, key)."""
+    """Every object in the store by (task id, map index, key) or (scope kind, asset id, key); a task in a
+    3.4 dynamic region (a mapped task) is keyed like the same task on 3.3."""
     found = {}
     for listed in store.iter_objects():
         location = parse(listed.path)
         assert location is not None, f"foreign object {listed.path}"
         obj = store.read(listed.path)
         if location.kind.value == "task":
-            found[(location.ids[2], location.ids[3], location.key)] = obj
+            found[(location.ids[-2], location.ids[-1], location.key)] = obj
         else:
             found[(location.kind.value, location.ids[0], location.key)] = obj
     return found
@@ -91,7 +100,8 @@ def _assert_offload_landed(store: ObjectStore, home: Path) -> None:
     assert orjson.loads(objects[("asset/name", "orders", "watermark")].body) == 100
 
     now = datetime.now(timezone.utc)
-    rows = {(r["task_id"], str(r["map_index"]), r["key"]): r for r in db_rows(home, "task_state_store")}
+    index = INDEX_COLUMN[running_release()]
+    rows = {(r["task_id"], str(r[index]), r["key"]): r for r in db_rows(home, "task_state_store")}
     assert set(rows) == EXPECTED_TASK_KEYS
     for (task_id, map_index, key), row in rows.items():
         ref = json.loads(row["value"])["__airflow_state_ref__"]
@@ -256,3 +266,114 @@ def test_gc_reclaims_exactly_the_offload_objects_airflow_dropped(migrated_db: Pa
     remaining = set(stored_objects(ObjectStore(path)))
     still_referenced = {k for k in EXPECTED_TASK_KEYS if k[0] == "submit_job"}
     assert remaining == still_referenced | {("asset/name", "orders", "watermark")}
+
+
+def test_a_forged_reference_in_airflows_row_is_refused_inside_the_task(migrated_db: Path, tmp_path: Path) -> None:
+    """Offload mode: Airflow's row of one DAG's key (or asset's) holds a reference to another's object,
+    as anyone who may edit that row can store through Airflow's REST API. The task never gets the
+    other's value: its read fails, naming the refusal."""
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from objstore_backend.state_rows import TaskScopeIds
+    from tests.test_switch import DAG_ID as SWITCH_DAG
+    from tests.test_switch import OURS, Deployment
+
+    home, store_path = tmp_path / "home", str(tmp_path / "state")
+    home.mkdir()
+    (home / "airflow.db").write_bytes(migrated_db.read_bytes())
+    deployment = Deployment(
+        home,
+        f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__OBJSTORE_BACKEND__PATH=store_path,
+        AIRFLOW__WORKERS__STATE_STORE_BACKEND=OURS,
+        SWITCH_ASSETS="offload",
+    )
+    run_id = deployment.start_job("offload")  # stores its job id, fails: the next attempt reads it
+    backend = ObjectStoreBackend(StoreSettings(path=store_path))
+    stolen = backend.serialize_task_state_store_to_ref(
+        value="job-from-dag-payroll", key="job_id", scope=TaskScopeIds("payroll", run_id, "step", -1)
+    )
+    with sqlite3.connect(home / "airflow.db") as db:
+        db.execute(
+            "UPDATE task_state_store SET value = ? WHERE run_id = ? AND key = 'job_id'",
+            (json.dumps({"__airflow_state_ref__": stolen}), run_id),
+        )
+
+    def next_attempt() -> str:
+        command = [AIRFLOW, "tasks", "test", SWITCH_DAG, "step", run_id]
+        result = subprocess.run(command, env=deployment.env(), capture_output=True, text=True, cwd=home)
+        return result.stdout + result.stderr
+
+    output = next_attempt()
+    assert "job-from-dag-payroll" not in output and "SWITCH resumed" not in output, output[-5000:]
+    assert f"Airflow's row for state key 'job_id' is refused: the reference names {stolen[9:]}" in output
+
+    # an asset's row naming another asset's object
+    from airflow.sdk.state import AssetScope
+
+    payroll = backend.serialize_asset_state_store_to_ref(value=1000, key="watermark", scope=AssetScope(name="payroll"))
+    with sqlite3.connect(home / "airflow.db") as db:
+        assert db.execute("UPDATE asset_state_store SET value = ?", (json.dumps({"__airflow_state_ref__": payroll}),))
+    output = next_attempt()
+    assert "watermarks=" not in output, output[-5000:]
+    assert f"Airflow's row for state key 'watermark' is refused: the reference names {payroll[9:]}" in output
+
+
+def task_objects(store: ObjectStore, task_id: str) -> dict[tuple[str, ...], Any]:
+    """The objects of task ``task_id`` by their whole location: (dag id, run id, [region], task id,
+    index, key); unlike :func:`stored_objects`, a region stays apart from the zero region's path."""
+    found = {}
+    for listed in store.iter_objects():
+        location = parse(listed.path)
+        if location is not None and location.kind is ScopeKind.TASK and location.ids[-2] == task_id:
+            found[(*location.ids, location.key)] = store.read(listed.path)
+    return found
+
+
+@pytest.mark.airflow34
+@pytest.mark.parametrize("mode", ["offload", "primary"])
+def test_task_loop_iterations_never_share_state(
+    migrated_db: Path, tmp_path: Path, s3_bucket: str, s3_options: dict[str, Any], mode: str
+) -> None:
+    """Airflow 3.4 runs a looped task group's iterations in one region, told apart by their index.
+    Offload (the worker's setting) and primary (the server's): each iteration finds nothing under the
+    key an earlier one wrote, keeps its own object, and clearing one iteration's state keeps the other's."""
+    from airflow.state import TaskScope
+
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from tests.test_state_rows import DAG_ID as LOOP_DAG
+    from tests.test_state_rows import DAGS as LOOP_DAGS
+
+    url = f"s3://{s3_bucket}/airflow/state"
+    setting = {"offload": "AIRFLOW__WORKERS__STATE_STORE_BACKEND", "primary": "AIRFLOW__STATE_STORE__BACKEND"}[mode]
+    output = dags_test(
+        migrated_db,
+        tmp_path / "home",
+        LOOP_DAG,
+        LOOP_DAGS,
+        AIRFLOW__OBJSTORE_BACKEND__PATH=f"{url}/",
+        AIRFLOW__OBJSTORE_BACKEND__STORAGE_OPTIONS=json.dumps(s3_options),
+        **{setting: BACKEND},
+    )
+    assert "iteration 0 read None before writing" in output, output[-5000:]
+    assert "iteration 1 read None before writing" in output, output[-5000:]
+
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=s3_options))
+    iterations = task_objects(backend.store, "iterate.count")
+    regions = {location[:4] for location in iterations}  # (dag id, run id, region, task id)
+    assert len(regions) == 1, f"the iterations are not in one region: {sorted(iterations)}"
+    [(dag_id, run_id, region, task_id)] = regions
+    assert region.startswith("region=") and task_id == "iterate.count"
+    assert {location[4:]: orjson.loads(obj.body) for location, obj in iterations.items()} == {
+        ("0", "iteration"): 0,
+        ("1", "iteration"): 1,
+    }
+    assert all(obj.metadata.mode == mode for obj in iterations.values())
+
+    everything = {listed.path for listed in backend.store.iter_objects()}
+    region_id = UUID(region.removeprefix("region="))
+    first = TaskScope(dag_id, run_id, task_id, region_id=region_id, region_index=0)
+    backend.clear(first)
+    assert everything - {listed.path for listed in backend.store.iter_objects()} == {object_path(first, "iteration")}
+    assert list(task_objects(backend.store, task_id)) == [(dag_id, run_id, region, task_id, "1", "iteration")]

@@ -123,6 +123,50 @@ def test_lifecycle_expiring_current_objects_under_the_prefix_is_an_error(
     assert audit_s3()["S3_LIFECYCLE_EXPIRES_STATE"] == "error"
 
 
+def test_lifecycle_transitions_of_state_are_reported_by_what_they_cost(
+    s3_client: Any, s3_bucket: str, s3_options: dict[str, Any]
+) -> None:
+    """Archived state cannot be read (an error); infrequent-access classes bill minimum durations."""
+
+    def rule(name: str, rule_filter: dict[str, Any], storage_class: str, *, noncurrent: bool = False) -> dict[str, Any]:
+        if noncurrent:
+            transitions = {"NoncurrentVersionTransitions": [{"NoncurrentDays": 1, "StorageClass": storage_class}]}
+        else:
+            transitions = {"Transitions": [{"Days": 30, "StorageClass": storage_class}]}
+        return {"ID": name, "Status": "Enabled", "Filter": rule_filter, **transitions}
+
+    _lifecycle(
+        s3_client,
+        s3_bucket,
+        rule("glacier-state", {"And": {"Prefix": "airflow/", "ObjectSizeGreaterThan": 1024}}, "GLACIER"),
+        rule("deep-archive-all", {"Prefix": ""}, "DEEP_ARCHIVE"),
+        rule("ia-state", {"Prefix": "airflow/state/task/"}, "STANDARD_IA"),
+        rule("glacier-ir-big", {"ObjectSizeGreaterThan": 1024}, "GLACIER_IR"),
+        rule("tiering", {"Prefix": "airflow/state"}, "INTELLIGENT_TIERING"),
+        rule("old-versions", {"Prefix": "airflow/"}, "DEEP_ARCHIVE", noncurrent=True),
+        rule("logs", {"Prefix": "logs/"}, "GLACIER"),
+        rule("tagged", {"Tag": {"Key": "archive", "Value": "yes"}}, "DEEP_ARCHIVE"),
+    )
+    rule_filters = s3_client.get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]
+    assert {r["ID"]: r["Filter"] for r in rule_filters}["tagged"] == {"Tag": {"Key": "archive", "Value": "yes"}}
+    store = ObjectStoreBackend(StoreSettings(path=f"s3://{s3_bucket}/airflow/state", storage_options=s3_options)).store
+    findings = [f for f in run_audit(store).findings if f.code.startswith("S3_LIFECYCLE_")]
+    reported = sorted((f.code, f.level, f.message.split("'")[1]) for f in findings)
+    assert reported == [
+        ("S3_LIFECYCLE_ARCHIVES_STATE", "error", "deep-archive-all"),
+        ("S3_LIFECYCLE_ARCHIVES_STATE", "error", "glacier-state"),
+        ("S3_LIFECYCLE_INTELLIGENT_TIERING", "info", "tiering"),
+        ("S3_LIFECYCLE_TIERS_NONCURRENT_STATE", "warning", "old-versions"),
+        ("S3_LIFECYCLE_TIERS_STATE", "warning", "glacier-ir-big"),
+        ("S3_LIFECYCLE_TIERS_STATE", "warning", "ia-state"),
+    ]
+    messages = {(f.code, f.message.split("'")[1]): f.message for f in findings}
+    assert "InvalidObjectState" in messages["S3_LIFECYCLE_ARCHIVES_STATE", "glacier-state"]
+    assert "at least 90 days" in messages["S3_LIFECYCLE_TIERS_STATE", "glacier-ir-big"]
+    assert "at least 30 days" in messages["S3_LIFECYCLE_TIERS_STATE", "ia-state"]
+    assert "at least 180 days" in messages["S3_LIFECYCLE_TIERS_NONCURRENT_STATE", "old-versions"]
+
+
 def test_versioning_without_noncurrent_expiry_is_a_warning(audit_s3: Any, s3_client: Any, s3_bucket: str) -> None:
     s3_client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
     assert audit_s3()["S3_VERSIONING_NO_NONCURRENT_EXPIRY"] == "warning"
@@ -195,10 +239,33 @@ def test_gcs_age_rule_versioning_and_retention() -> None:
     assert _gcs("dangerous") == {
         "GCS_LIFECYCLE_DELETES_LIVE_STATE": "error",
         "GCS_RETENTION_POLICY": "error",
+        "GCS_LIFECYCLE_CHANGES_STORAGE_CLASS": "warning",  # NEARLINE after 7 days, whole bucket
         "GCS_VERSIONING": "warning",
         "GCS_NO_CUSTOM_TIME_RULE": "info",
         "GCS_SOFT_DELETE": "warning",
     }
+
+
+def test_gcs_colder_storage_classes_are_warnings_with_their_minimum_durations() -> None:
+    """Reads still answer in every GCS class, but each object is billed a minimum duration and reads a fee."""
+    resource = json.loads((GCS_BUCKETS / "cold.json").read_text())
+    findings = check_gcs_bucket(resource, "airflow/state/")
+    classes = [f for f in findings if f.code in ("GCS_DEFAULT_STORAGE_CLASS", "GCS_LIFECYCLE_CHANGES_STORAGE_CLASS")]
+    assert {(f.code, f.level) for f in classes} == {
+        ("GCS_DEFAULT_STORAGE_CLASS", "warning"),
+        ("GCS_LIFECYCLE_CHANGES_STORAGE_CLASS", "warning"),
+    }
+    messages = {f.message.split(": each")[0].split()[-1]: f.message for f in classes}
+    assert len(classes) == 3 and len(messages) == 3  # not the rule on logs/, nor the one to STANDARD
+    assert "default storage class puts new state in NEARLINE" in messages["NEARLINE"]
+    assert "at least 30 days" in messages["NEARLINE"] and "$0.01/GB" in messages["NEARLINE"]
+    assert "moves noncurrent versions of state to COLDLINE" in messages["COLDLINE"]
+    assert "at least 90 days" in messages["COLDLINE"] and "$0.02/GB" in messages["COLDLINE"]
+    assert "moves state objects to ARCHIVE" in messages["ARCHIVE"]
+    assert "at least 365 days" in messages["ARCHIVE"] and "$0.05/GB" in messages["ARCHIVE"]
+
+    autoclass = {**resource, "autoclass": {"enabled": True, "terminalStorageClass": "ARCHIVE"}, "lifecycle": {}}
+    assert "GCS_DEFAULT_STORAGE_CLASS" not in {f.code for f in check_gcs_bucket(autoclass, "airflow/state/")}
 
 
 # -- local, and the command ------------------------------------------------------------------------

@@ -332,7 +332,7 @@ assert asyncio.run(backend.aget(scope, "k")) is None
 def test_a_leased_blob_fails_writes_and_deletes_naming_it(
     azure_backend: ObjectStoreBackend, proxy: CountingProxy
 ) -> None:
-    """409 means "changed since checked" only for the GC's conditional deletes; elsewhere it is an error."""
+    """A 409 (the lease) is an error naming the blob, for writes and deletes alike."""
     azure_backend.set(TASK, "k", "1")
     body = (
         b"<?xml version='1.0' encoding='utf-8'?><Error><Code>LeaseIdMissing</Code><Message>There is currently "
@@ -349,3 +349,40 @@ def test_a_leased_blob_fails_writes_and_deletes_naming_it(
             operation()
     proxy.answer = None
     assert azure_backend.get(TASK, "k") == "1"
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batch", "one-per-blob"])
+def test_a_gc_delete_refused_for_a_lease_or_snapshots_is_an_error_naming_the_blob(
+    batched: bool,
+    azure_backend: ObjectStoreBackend,
+    azure_container: str,
+    azure_options: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """412 ``ConditionNotMet`` is "rewritten since checked" (kept), 404 "gone"; a lease (412
+    ``LeaseIdMissing``) or snapshots (409 ``SnapshotsPresent``) leave the expired version in
+    place: the sweep failed, and says which blob."""
+    from azure.storage.blob import BlobServiceClient
+
+    scope = TaskScope("d", "r", "held")
+    for key in ("leased", "snapshotted", "other"):
+        azure_backend.set(scope, key, '"old"', expires_at=PAST)
+    service = BlobServiceClient.from_connection_string(azure_options["connection_string"])
+    leased, snapshotted = (
+        service.get_blob_client(azure_container, f"state/{object_path(scope, key)}")
+        for key in ("leased", "snapshotted")
+    )
+    lease = leased.acquire_lease(lease_duration=-1)
+    snapshotted.create_snapshot()
+    options = GCOptions(batched_deletes=batched, index_url=str(tmp_path))
+    report = run_gc(azure_backend.store, options)
+    assert (report.expired, report.deleted, report.kept, report.errors) == (3, 1, 0, 2)
+    samples = sorted(report.error_samples)
+    assert f"deleting {object_path(scope, 'leased')}: " in samples[0] and "LeaseIdMissing (HTTP 412)" in samples[0]
+    assert f"deleting {object_path(scope, 'snapshotted')}: " in samples[1]
+    assert "SnapshotsPresent (HTTP 409)" in samples[1]
+    assert azure_backend.store.head(object_path(scope, "leased")) is not None
+    lease.release()
+    snapshotted.delete_blob(delete_snapshots="only")
+    report = run_gc(azure_backend.store, options)
+    assert (report.deleted, report.errors) == (2, 0)

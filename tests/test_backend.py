@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +17,10 @@ from airflow.state import TaskScope as CoreTaskScope
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.errors import StateObjectMissingError
 from objstore_backend.layout import object_path
+from objstore_backend.refs import reference_refusal
+
+# Runs once, on 3.3: on 3.4 the real runs (test_airflow_runs), the plugin's and test_layout's region
+# tests exercise the backend through 3.4's own scopes.
 
 TASK = TaskScope(dag_id="etl", run_id="manual__2026-11-21", task_id="load", map_index=-1)
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -238,6 +243,36 @@ def test_both_modes_the_server_adopts_the_workers_asset_object(backend: ObjectSt
     assert backend.deserialize_asset_state_store_from_ref(answered) == {"watermark": 100}
 
 
+@pytest.mark.parametrize("worker_scope", [AssetScope(name="orders"), AssetScope(uri="s3://data/orders/")], ids=repr)
+def test_an_adopted_asset_copy_records_its_origin_so_only_its_asset_follows_it(
+    backend: ObjectStoreBackend, worker_scope: Any
+) -> None:
+    """The worker cannot tell asset ids apart: the copy's recorded origin (kept in the object's
+    metadata on every store) says whose object it is."""
+    ref = backend.serialize_asset_state_store_to_ref(value=[1] * 9, key="w", scope=worker_scope)
+    backend.set(AssetScope(asset_id=7), "w", _wrapped(ref))
+    copy = object_path(AssetScope(asset_id=7), "w")
+    origin = backend.store.read(copy).metadata.origin
+    assert origin == object_path(worker_scope, "w") and backend.store.head(copy).origin == origin
+    assert reference_refusal(copy, worker_scope, "w", origin=origin) is None
+    refused = reference_refusal(copy, AssetScope(name="payroll"), "w", origin=origin)
+    assert refused is not None and f"names {copy}, which is not the object of this key" in refused
+    assert reference_refusal(copy, worker_scope, "other", origin=origin) is not None  # another key's copy
+    # task keys are adopted in place: nothing to record
+    task_ref = backend.serialize_task_state_store_to_ref(value=[2] * 9, key="k", scope=TASK)
+    backend.set(TASK, "k", _wrapped(task_ref))
+    assert backend.store.read(object_path(TASK, "k")).metadata.origin is None
+
+
+def test_an_offload_object_the_server_never_adopted_is_not_a_primary_key(backend: ObjectStoreBackend) -> None:
+    """Left from offload mode (its DB row expired or dropped before a switch): dead, until a set replaces it."""
+    backend.serialize_task_state_store_to_ref(value={"dead": 1}, key="k", scope=TASK)
+    assert backend.get(TASK, "k") is None
+    assert asyncio.run(backend.aget(TASK, "k")) is None
+    backend.set(TASK, "k", '"alive"')
+    assert backend.get(TASK, "k") == '"alive"'
+
+
 @pytest.mark.parametrize("scope", [TASK, AssetScope(asset_id=7), AssetScope(name="orders")], ids=repr)
 def test_a_value_that_looks_like_our_reference_round_trips(backend: ObjectStoreBackend, scope: Any) -> None:
     """Only a reference to an offload object the worker wrote is adopted; anything else is a value."""
@@ -325,7 +360,6 @@ def test_hostile_ids_stay_in_their_prefix_and_round_trip(backend: ObjectStoreBac
 
 
 def test_region_id_is_part_of_the_identity_when_set(backend: ObjectStoreBackend) -> None:
-    import uuid
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -344,6 +378,41 @@ def test_region_id_is_part_of_the_identity_when_set(backend: ObjectStoreBackend)
     assert backend.get(inside, "k") == '"inside"'
     backend.clear(inside, all_map_indices=True)
     assert backend.get(outside, "k") == '"outside"'
+
+
+@pytest.mark.airflow34
+def test_clearing_a_region_reaches_only_that_regions_task_and_the_zero_region_only_its_own(
+    backend: ObjectStoreBackend,
+) -> None:
+    region, other_region = uuid.uuid4(), uuid.uuid4()
+    zero = [CoreTaskScope("d", "r", "t", index) for index in (-1, 0, 1)]
+    mine = [CoreTaskScope("d", "r", "t", region_id=region, region_index=index) for index in (0, 1, 10)]
+    others = [
+        CoreTaskScope("d", "r", "t", region_id=other_region, region_index=1),
+        CoreTaskScope("d", "r", "t2", region_id=region, region_index=1),
+        CoreTaskScope("d", "r", f"region={region}", 1),  # a zero-region task named like the region
+    ]
+    for scope in zero + mine + others:
+        backend.set(scope, "k", orjson.dumps(repr(scope)).decode())
+    before = len(list(backend.store.iter_objects()))
+    backend.clear(mine[1], all_map_indices=True)
+    assert [backend.get(scope, "k") for scope in mine] == [None] * 3
+    assert len(list(backend.store.iter_objects())) == before - 3
+    assert all(backend.get(scope, "k") == orjson.dumps(repr(scope)).decode() for scope in zero + others)
+    backend.clear(zero[0], all_map_indices=True)
+    assert [backend.get(scope, "k") for scope in zero] == [None] * 3
+    assert all(backend.get(scope, "k") == orjson.dumps(repr(scope)).decode() for scope in others)
+
+
+@pytest.mark.airflow34
+def test_a_hostile_region_id_is_refused_and_nothing_is_written(backend: ObjectStoreBackend) -> None:
+    for region in ("../../escape", str(uuid.uuid4())):
+        scope = CoreTaskScope("d", "r", "t", region_id=region, region_index=0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="region_id must be a UUID"):
+            backend.set(scope, "k", "1")
+        with pytest.raises(TypeError, match="region_id must be a UUID"):
+            backend.clear(scope, all_map_indices=True)
+    assert list(backend.store.iter_objects()) == []
 
 
 def test_corrupted_and_foreign_objects_are_reported_not_swallowed(backend: ObjectStoreBackend) -> None:

@@ -164,3 +164,29 @@ def test_get_of_a_damaged_object_fails_with_exit_1_naming_it(
     assert cli.main(["get", "--path", str(tmp_path), "task/d/r/t/-1/k"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "task/d/r/t/-1/k: the stored value is not a JSON document" in captured.err
+
+
+def test_ls_shows_the_key_an_object_records_for_its_hashed_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from airflow.sdk.state import TaskScope
+
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from objstore_backend.layout import object_path
+    from objstore_backend.store import ObjectMetadata
+
+    backend = ObjectStoreBackend(StoreSettings(path=str(tmp_path)))
+    scope = TaskScope("d", "r", "t", -1)
+    long_key, unrecorded = "状态存储后端的长键名测试用例数据十八", "y" * 200
+    backend.set(scope, long_key, "1")
+    backend.set(scope, "short", "2")
+    backend.store.write(object_path(scope, unrecorded), b"3", ObjectMetadata("primary"))  # as written before
+    assert cli.main(["ls", "--path", str(tmp_path), "--json"]) == 0
+    rows = {row["path"]: row["key"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows == {object_path(scope, k): k for k in (long_key, "short")} | {object_path(scope, unrecorded): None}
+    assert cli.main(["ls", "--path", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"(key {long_key!r})" in text and "(key not recorded)" in text

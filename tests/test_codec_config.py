@@ -39,7 +39,9 @@ def test_validate_json_text_accepts_what_airflow_writes() -> None:
 @pytest.mark.parametrize(
     "text, detail",
     [
-        ("NaN", "invalid character"),
+        ("NaN", "NaN is not JSON .* at byte 0"),
+        ("app_1234", "invalid character at byte 0, near .app_1234"),
+        ("[1, -Infinity]", "-Infinity is not JSON .* at byte 4"),
         ("[1,]", "trailing comma"),
         ('{"a": 1} {"b": 2}', "trailing characters"),
         ("", "truncated"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,6 +15,7 @@ from airflow.sdk.state import AssetScope, TaskScope
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
+from objstore_backend.errors import UnguardedStoreError
 from objstore_backend.gc import GCOptions, parse_shard, run_gc
 from objstore_backend.layout import object_path
 from objstore_backend.reconcile import AirflowDBReconciler
@@ -112,10 +114,13 @@ def test_s3_gc_heads_each_object_and_deletes_in_batches_with_etag_conditions(
     assert all(body.count(b"<ETag>") == body.count(b"<Key>") for body in moto_server.log.bodies)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "memory", "s3"])
 def test_a_key_rewritten_between_check_and_delete_survives(where: str, request: pytest.FixtureRequest) -> None:
     if where == "local":
         settings = StoreSettings(path=str(request.getfixturevalue("tmp_path") / "state"))
+        options = GCOptions()
+    elif where == "memory":  # the objects live in this process: one lock guards them
+        settings = StoreSettings(path=f"memory://race-{uuid.uuid4().hex[:12]}/state")
         options = GCOptions()
     else:  # moto honours If-Match on DeleteObject, not inside DeleteObjects: the per-key mode
         bucket, s3_options = request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_options")
@@ -129,6 +134,33 @@ def test_a_key_rewritten_between_check_and_delete_survives(where: str, request: 
     assert backend.get(scope, "k") == '"new"'
     assert backend.get(scope, "other") is None
     assert (report.expired, report.deleted, report.kept, report.errors) == (2, 1, 1, 0)
+
+
+def test_the_gc_refuses_a_filesystem_without_conditional_deletes(
+    ftp_location: tuple[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FTP (like sftp, hdfs, smb, webdav) cannot delete only the version checked: the GC refuses
+    before any request instead of racing writers, unless told every writer is stopped."""
+    url, ftp_options = ftp_location
+    backend = ObjectStoreBackend(StoreSettings(path=url, storage_options=ftp_options))
+    scope = TaskScope("d", "r", "progress")
+    backend.set(scope, "k", '"old"', expires_at=PAST)
+    backend.set(scope, "other", '"old"', expires_at=PAST)
+    with pytest.raises(UnguardedStoreError, match=r"gc refuses to run on ftp:///state-.*the ftp filesystem has no "
+                       r"conditional deletes.*They run on s3://, gs://, abfs://.*--writers-stopped"):  # fmt: skip
+        gc_racing_a_rewrite(backend, scope, "k", GCOptions())
+    assert backend.get(scope, "k") is None  # expired, not rewritten: the GC stopped before its delete
+    assert backend.store.head(object_path(scope, "other")) is not None
+
+    argv = ["gc", "--path", url, "--storage-options", orjson.dumps(ftp_options).decode(), "--json"]
+    assert cli.main(argv) == 2
+    assert "gc refuses to run on ftp:///state-" in capsys.readouterr().err
+    assert cli.main([*argv, "--dry-run"]) == 0  # deletes nothing: runs anywhere
+    assert orjson.loads(capsys.readouterr().out.splitlines()[-1])["expired"] == 2
+    assert cli.main([*argv, "--writers-stopped"]) == 0
+    summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (summary["deleted"], summary["errors"]) == (2, 0)
+    assert backend.store.head(object_path(scope, "k")) is None
 
 
 def test_shards_are_disjoint_and_together_complete(backend: ObjectStoreBackend) -> None:

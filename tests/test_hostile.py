@@ -33,7 +33,7 @@ from objstore_backend.errors import (
     StoreAccessDenied,
     StoreError,
 )
-from objstore_backend.gc import run_gc
+from objstore_backend.gc import GCOptions, run_gc
 from objstore_backend.layout import object_path, scope_prefix
 from objstore_backend.store import ObjectMetadata, ObjectStore
 from objstore_backend.transports.base import META_EXPIRES, META_LAYOUT, META_MODE
@@ -628,3 +628,59 @@ def test_credentials_in_the_base_url_are_refused_and_never_repeated(
     for part in (user, password, *password.split("@")):
         assert part not in everything
     assert "credentials" in texts[0]
+
+
+def test_every_expiry_python_allows_round_trips_and_the_past_ones_are_collected(
+    make_backend: Callable[..., ObjectStoreBackend], tmp_path: Any
+) -> None:
+    """Years 1 to 9999: an expiry before the year 1000 was written unpadded ("999-...") and the key
+    could never be read again, nor collected. One outside UTC's range is refused, nothing written."""
+    backend = make_backend()
+    utc = timezone.utc
+    moments = {
+        "year1": datetime(1, 1, 1, tzinfo=utc),
+        "year999": datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=utc),
+        "last": datetime.max.replace(tzinfo=utc),
+        "offset": datetime(9999, 12, 31, 18, tzinfo=timezone(timedelta(hours=-5))),
+    }
+    for key, moment in moments.items():
+        backend.set(SCOPE, key, "1", expires_at=moment)
+    for key, moment in moments.items():
+        assert backend.store.head(object_path(SCOPE, key)).expires_at == moment  # type: ignore[union-attr]
+    assert [backend.get(SCOPE, key) for key in moments] == [None, None, "1", "1"]
+
+    report = run_gc(backend.store, GCOptions(index_url=str(tmp_path / "index")))
+    assert (report.deleted, report.live, report.errors) == (2, 2, 0), report.error_samples
+    assert sorted(o.path for o in backend.store.iter_objects()) == sorted(
+        object_path(SCOPE, key) for key in ("last", "offset")
+    )
+    again = run_gc(backend.store, GCOptions(index_url=str(tmp_path / "index")))  # from the GC's index
+    assert (again.deleted, again.live, again.errors, again.index_damaged) == (0, 2, 0, 0), again.error_samples
+
+    past_utc = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))  # year 10000 in UTC
+    with pytest.raises(ValueError, match="outside the years 1 to 9999 in UTC"):
+        backend.set(SCOPE, "too_late", "1", expires_at=past_utc)
+    assert backend.store.head(object_path(SCOPE, "too_late")) is None
+
+
+def test_an_unpadded_year_written_before_the_fix_still_reads() -> None:
+    written = {META_LAYOUT: "1", META_MODE: "primary", META_EXPIRES: "999-12-31T23:59:59.000000Z"}
+    metadata = ObjectMetadata.from_strings(written, "task/d/r/t/-1/k")
+    assert metadata.expires_at == datetime(999, 12, 31, 23, 59, 59, tzinfo=timezone.utc) and metadata.is_expired()
+
+
+def test_a_key_hashed_in_its_path_is_recorded_in_the_object_on_every_store(
+    make_backend: Callable[..., ObjectStoreBackend], store_kind: str
+) -> None:
+    """Through each store's metadata (S3: ASCII, 2 KB in all; GCS and Azure: 8 KB, C# identifiers as
+    names; memory and local: the envelope). The longest key Airflow's column holds (512 characters)
+    fits all but S3 when each character takes 4 bytes: there it is left out, and the value is stored."""
+    backend = make_backend()
+    longest = "😀" * 512
+    keys = ["k" * 200, "/".join(["warehouse"] * 14)[:135], "状态存储后端的长键名测试用例数据十八", "é" * 512, longest]
+    for key in [*keys, "short"]:
+        backend.set(SCOPE, key, "1")
+    recorded = {key: backend.store.head(object_path(SCOPE, key)).key for key in keys}  # type: ignore[union-attr]
+    assert recorded == {key: None if store_kind == "s3" and key == longest else key for key in keys}
+    assert backend.store.head(object_path(SCOPE, "short")).key is None  # type: ignore[union-attr]
+    assert backend.get(SCOPE, longest) == "1"

@@ -44,7 +44,7 @@ from tests.image_recipe import (
 KUBERNETES = REPO / "terraform-example" / "kubernetes"
 CRONJOBS = {"gc": KUBERNETES / "base/gc-cronjob.yaml", "audit": KUBERNETES / "base/audit-cronjob.yaml"}
 HADOLINT = Path(sys.executable).parent / "hadolint"
-#: What the final stage may add to its base on disk: the budget in README.md (measured by
+#: What the final stage may add to its base on disk: the budget in docs/image.md (measured by
 #: benchmarks/image_size.py, which compares it with Airflow's).
 VENV_BUDGET_BYTES = 150_000_000
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import unicodedata
+from uuid import UUID
 
 import pytest
 from airflow.sdk.state import AssetScope, TaskScope
@@ -17,6 +18,9 @@ from objstore_backend.layout import (
     parse,
     scope_prefix,
 )
+
+# Paths of Airflow's own scopes: run again on 3.4 (scripts/test.sh).
+pytestmark = pytest.mark.airflow_bound
 
 TRICKY = [
     "",
@@ -114,6 +118,11 @@ def test_paths_parse_back_to_their_scope_and_key() -> None:
         "task/d/r/nope/t/1/k",  # 7 parts without a region segment
         "task/d/r/t/1/%41",  # not canonical escaping
         "task/d/r/t/1/~tmp-abc",  # a local temp file
+        "task/d/r/region=../t/1/k",  # a region that is no UUID
+        "task/d/r/region=00000000-0000-0000-0000-000000000000/t/1/k",  # the zero region has no segment
+        "task/d/r/region=6F9619FF-8B86-4011-B42D-00CF4FC964FF/t/1/k",  # not as written (lower case)
+        "task/d/r/region=6f9619ff8b864011b42d00cf4fc964ff/t/1/k",  # not as written (hyphens)
+        "task/d/r/region%3D6f9619ff-8b86-4011-b42d-00cf4fc964ff/t/1/k",  # an escaped task id, 7 parts
     ],
 )
 def test_foreign_paths_do_not_parse(foreign: str) -> None:
@@ -127,3 +136,39 @@ def test_bad_id_types_are_refused() -> None:
         object_path(TaskScope("d", "r", "t", "1"), "k")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be str"):
         object_path(TaskScope("d", "r", "t"), None)  # type: ignore[arg-type]
+
+
+REGION = UUID("6f9619ff-8b86-4011-b42d-00cf4fc964ff")
+OTHER_REGION = UUID("0b7a1c52-3f0e-4b53-9d43-5c6a2f1e8d90")
+
+
+@pytest.mark.airflow34
+def test_a_region_has_its_own_prefix_and_the_zero_region_keeps_the_33_path() -> None:
+    zero = TaskScope("d", "r", "t", 2)
+    assert object_path(TaskScope("d", "r", "t", 2, UUID(int=0)), "k") == object_path(zero, "k") == "task/d/r/t/2/k"
+    in_region = TaskScope("d", "r", "t", region_id=REGION, region_index=2)
+    assert object_path(in_region, "k") == f"task/d/r/region={REGION}/t/2/k"
+    location = parse(object_path(in_region, "k"))
+    assert location is not None and location.ids == ("d", "r", f"region={REGION}", "t", "2")
+    # a task named like a region segment stays a task of the zero region
+    assert parse(object_path(TaskScope("d", "r", f"region={REGION}", 2), "k")).ids[2:] == (f"region={REGION}", "2")
+    scopes = [
+        zero,
+        in_region,
+        TaskScope("d", "r", "t", region_id=OTHER_REGION, region_index=2),
+        TaskScope("d", "r", "t2", region_id=REGION, region_index=2),
+        TaskScope("d", "r", f"region={REGION}", 2),
+    ]
+    for scope in scopes:  # clearing every index of one region's task reaches no other scope's key
+        whole_task = scope_prefix(scope, all_map_indices=True)
+        assert [other for other in scopes if object_path(other, "k").startswith(whole_task)] == [scope]
+
+
+@pytest.mark.airflow34
+@pytest.mark.parametrize("region", ["../../x", f"region={REGION}", str(REGION), REGION.int, ""], ids=repr)
+def test_a_region_id_that_is_no_uuid_is_refused(region: object) -> None:
+    scope = TaskScope("d", "r", "t", region_id=region, region_index=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="region_id must be a UUID"):
+        object_path(scope, "k")
+    with pytest.raises(TypeError, match="region_id must be a UUID"):
+        scope_prefix(scope, all_map_indices=True)

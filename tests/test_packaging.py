@@ -6,7 +6,8 @@ subprocess with a fresh ``AIRFLOW_HOME``; neither command needs a migrated DB. T
 runs ``python -m build`` from the repo root (isolated: it fetches setuptools from the package
 index; the wheel is built from the sdist, so the sdist must be complete and no stale ``build/``
 directory can leak into the wheel), ``twine check``, and installs the wheel into a new venv
-without Airflow.
+without Airflow. The test scripts are run as README gives them, the system installer in its
+``--check`` mode against a file tree and a PATH of the test's making.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -375,3 +377,59 @@ def test_library_loggers_are_named_after_their_modules() -> None:
 def test_code_passes_static_checks(command: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+# -- the test command -------------------------------------------------------------------------------
+
+
+def _check_test_deps(root: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
+    bash = shutil.which("bash")
+    assert bash is not None
+    script = REPO / "scripts" / "install-test-deps.sh"
+    environment = {"PATH": str(bin_dir), "ROOT": str(root)}
+    return subprocess.run([bash, str(script), "--check"], env=environment, capture_output=True, text=True)
+
+
+def _executable(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+
+
+def test_the_test_command_names_the_system_packages_a_fresh_machine_lacks(tmp_path: Path) -> None:
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    root.mkdir()
+    bin_dir.mkdir()
+    dirname = shutil.which("dirname")
+    assert dirname is not None
+    (bin_dir / "dirname").symlink_to(dirname)
+
+    bare = _check_test_deps(root, bin_dir)
+    assert bare.returncode == 1, bare.stderr
+    assert bare.stdout.splitlines() == [
+        "missing: chromium python3 util-linux postgresql nodejs npm",
+        "install with: apt-get update && apt-get install -y chromium python3 util-linux postgresql nodejs npm",
+    ]
+
+    for path in ("usr/bin/chromium", "usr/bin/python3", "usr/lib/postgresql/15/bin/pg_ctl"):
+        _executable(root / path)
+    for command in ("unshare", "setpriv", "node", "npm"):
+        _executable(bin_dir / command)
+    complete = _check_test_deps(root, bin_dir)
+    assert (complete.returncode, complete.stdout, complete.stderr) == (0, "", "")
+
+    (root / "usr/bin/chromium").unlink()  # the plugin's browser test launches exactly this file
+    (bin_dir / "setpriv").unlink()
+    assert _check_test_deps(root, bin_dir).stdout.splitlines()[0] == "missing: chromium util-linux"
+
+
+def test_ci_runs_the_readme_test_command_which_installs_first() -> None:
+    quick_start = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("```", 2)[1]
+    readme_commands = [line.split("#")[0].strip() for line in quick_start.splitlines()[1:] if line.strip()]
+    assert readme_commands == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+    ci_commands = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("bash ")]
+    assert ci_commands == ["bash terraform-example/check.sh", "bash scripts/test.sh"]
+    test_steps = [
+        line for line in (REPO / "scripts" / "test.sh").read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert test_steps.index("bash scripts/install-test-deps.sh") < test_steps.index("source scripts/venv.sh")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -110,11 +111,13 @@ def _scope(run_id: str) -> TaskScopeIds:
     return TaskScopeIds(DAG_ID, run_id, "step", -1)
 
 
-def test_offload_to_primary_keeps_task_objects_but_needs_import_for_the_rest(
+def test_offload_to_primary_only_what_import_brought_over_is_live(
     migrated_db: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """Point 3: flipping offload -> primary without import, then import, then export (SQLite)."""
+    """Points 3 and 4: offload -> import -> primary, then export (SQLite). An offload object is not
+    live in primary mode until import brings it over; one whose row expired before the switch
+    never is, even though it stays at the very path the server reads."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "airflow.db").write_bytes(migrated_db.read_bytes())
@@ -125,36 +128,41 @@ def test_offload_to_primary_keeps_task_objects_but_needs_import_for_the_rest(
         AIRFLOW__OBJSTORE_BACKEND__PATH=store_path,
         AIRFLOW__OBJSTORE_BACKEND__THRESHOLD_BYTES="12",  # attempts and cursor stay inline in the DB
     )
-    run_id = deployment.start_job("offload", AIRFLOW__WORKERS__STATE_STORE_BACKEND=OURS)
-
-    # The switch without import: the job id (an object at the very path the server reads) is
-    # found, but the inline values and the asset watermark (kept by asset name in offload
-    # mode, read by asset id on the server) are not: the attempt count and watermark restart.
-    assert deployment.resume(run_id, SWITCH_ASSETS="offload", AIRFLOW__STATE_STORE__BACKEND=OURS) == (
-        "resumed",
-        1,
-        {"offload": 1},
-    )
-
-    # Import brings in the rest; the keys the server already rewrote (with the same values
-    # here: both counts restarted at 1) are left as they are.
-    summary = deployment.command("import", "--path", store_path, "--airflow-db", deployment.db_url)
-    counted = ("rows", "imported", "unchanged", "skipped_newer", "unresolved", "errors")
-    assert [summary[name] for name in counted] == [4, 2, 2, 0, 0, 0]
+    offload = {"AIRFLOW__WORKERS__STATE_STORE_BACKEND": OURS}
+    run_id = deployment.start_job("offload", **offload)
+    dead_run = deployment.start_job("offload", **offload)
+    with sqlite3.connect(home / "airflow.db") as db:  # its job id's retention passes before the switch
+        db.execute("UPDATE task_state_store SET expires_at = '2000-01-01 00:00:00' WHERE run_id = ?", (dead_run,))
+        db.execute("UPDATE task_state_store SET expires_at = NULL WHERE run_id = ? AND key != 'job_id'", (dead_run,))
     backend = ObjectStoreBackend(StoreSettings(path=store_path))
+    job_path = object_path(_scope(run_id), "job_id")
+    assert backend.store.read(job_path) is not None and backend.get(_scope(run_id), "job_id") is None  # not yet
+
+    summary = deployment.command("import", "--path", store_path, "--airflow-db", deployment.db_url)
+    counted = ("rows", "imported", "skipped_expired", "skipped_newer", "unresolved", "errors")
+    assert [summary[name] for name in counted] == [7, 6, 1, 0, 0, 0]
     assert orjson.loads(backend.get(_scope(run_id), "cursor") or "null") == {"page": 1}
+    dead_path = object_path(_scope(dead_run), "job_id")
+    assert backend.store.read(dead_path) is not None and backend.get(_scope(dead_run), "job_id") is None
+
+    primary = {"AIRFLOW__STATE_STORE__BACKEND": OURS}
+    assert deployment.resume(run_id, SWITCH_ASSETS="offload", **primary) == ("resumed", 2, {"offload": 3})
+    # (both runs advanced the one watermark) the dead job id does not come back: the job starts
+    # again, and its set replaces the old object
+    assert deployment.resume(dead_run, SWITCH_ASSETS="offload", **primary) == ("started", 2, {"offload": 4})
+    replaced = backend.store.read(dead_path)
+    assert replaced is not None and replaced.metadata.mode == "primary"
 
     # export: the run's keys go back as values (not references), a key without its run is named
     backend.set(TaskScopeIds(DAG_ID, "deleted_run", "step", -1), "job_id", '"lost"')
     listing = sorted((o.path, o.version) for o in backend.store.iter_objects())
     exported = deployment.command("export", "--path", store_path, ok=False)
-    assert [exported[name] for name in ("exported", "no_owner", "errors", "skipped_offload")] == [4, 1, 0, 0]
+    assert (exported["no_owner"], exported["errors"]) == (1, 0)
     assert "deleted_run" in exported["problems"][0]
     assert sorted((o.path, o.version) for o in backend.store.iter_objects()) == listing  # the store is only read
     rows = _rows(deployment)
     assert json.loads(rows[(run_id, "job_id")].value) == f"job-{run_id}"
-    assert json.loads(rows[(run_id, "cursor")].value) == {"page": 1}
-    assert json.loads(rows[(run_id, "attempts")].value) == 1
+    assert json.loads(rows[(run_id, "attempts")].value) == 2
 
 
 @pytest.fixture(scope="session")

@@ -18,20 +18,28 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.common.parameters import QueryLimit, QueryOffset
 from airflow.api_fastapi.core_api.datamodels.asset_state_store import AssetStateStoreBody
 from airflow.api_fastapi.core_api.datamodels.task_state_store import TaskStateStoreBody, TaskStateStorePatchBody
-from airflow.api_fastapi.core_api.security import requires_access_asset, requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_asset, requires_access_dag
 from airflow.state import AssetScope, TaskScope
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ValidationError
 
 from objstore_backend.errors import StoreError
+from objstore_backend.plugin.coordinates import (
+    ZERO_REGION,
+    parse_region_id,
+    region_of,
+    resolve_task_scope,
+    task_coordinates,
+)
 from objstore_backend.plugin.models import AssetStateCollection, StateEntry, TaskStateCollection
 from objstore_backend.plugin.state import BucketState, DatabaseState, Entry, StateSource, configured_mode
 
-__all__ = ["CSRF_HEADER", "SourceDep", "Sources", "router", "unforgeable_write"]
+__all__ = ["CSRF_HEADER", "READ_EVERY_DAG", "SourceDep", "Sources", "router", "unforgeable_write"]
 
 #: The header the plugin's pages send with every write (any value).
 CSRF_HEADER = "X-Objstore-Backend"
@@ -143,6 +151,24 @@ def _one(entry: Entry | None, what: str) -> StateEntry:
     return StateEntry.of(entry)
 
 
+def _read_every_dag(user: GetUserDep) -> None:
+    """Airflow's check for reading every DAG's task instances, whatever the query names.
+
+    ``requires_access_dag`` authorizes the ``dag_id`` of the query when the path has none, so on
+    a route about every DAG, ``?dag_id=mine`` would pass with access to one DAG. This asks the
+    auth manager what Airflow's own cross-DAG routes (``/dags/~/...``) ask: no DAG named.
+    """
+    allowed = get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.TASK_INSTANCE, details=DagDetails(id=None), user=user
+    )
+    if not allowed:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+
+
+#: The overview's permission: every DAG's keys are counted, so reading all DAGs' task instances.
+READ_EVERY_DAG = Depends(_read_every_dag)
+
+
 # -- task instances ----------------------------------------------------------------------------
 
 
@@ -150,31 +176,35 @@ def _task_access(method: Literal["GET", "PUT", "DELETE"]) -> Any:
     return Depends(requires_access_dag(method=method, access_entity=DagAccessEntity.TASK_INSTANCE))
 
 
-def _task_scope(dag_id: str, dag_run_id: str, task_id: str, map_index: Annotated[int, Query(ge=-1)] = -1) -> TaskScope:
-    return TaskScope(dag_id=dag_id, run_id=dag_run_id, task_id=task_id, map_index=map_index)
+def _task_scope(
+    dag_id: str,
+    dag_run_id: str,
+    task_id: str,
+    map_index: Annotated[int, Query(ge=-1)] = -1,
+    region_id: Annotated[str | None, Query()] = None,
+    region_index: Annotated[int | None, Query(ge=-1)] = None,
+    all_map_indices: Annotated[bool, Query()] = False,
+) -> TaskScope:
+    """The addressed task instance's scope: Airflow 3.4's ``region_id`` / ``region_index``, or its
+    region found from the ``task_instance`` rows when only ``map_index`` is given."""
+    return resolve_task_scope(
+        dag_id, dag_run_id, task_id, map_index, parse_region_id(region_id), region_index, any_index=all_map_indices
+    )
 
 
 TaskScopeDep = Annotated[TaskScope, Depends(_task_scope)]
 
 
 def _require_task_instance(scope: TaskScope, any_map_index: bool = False) -> None:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    statement = select(TaskInstance.task_id).where(
-        TaskInstance.dag_id == scope.dag_id, TaskInstance.run_id == scope.run_id, TaskInstance.task_id == scope.task_id
-    )
-    if not any_map_index:
-        statement = statement.where(TaskInstance.map_index == scope.map_index)
-    with create_session() as session:
-        if session.scalar(statement.limit(1)) is None:
-            addressed = "all_map_indices=True" if any_map_index else f"map_index={scope.map_index}"
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                f"Task instance not found for dag_id={scope.dag_id!r}, run_id={scope.run_id!r}, "
-                f"task_id={scope.task_id!r}, {addressed}",
-            )
+    found = task_coordinates(scope.dag_id, scope.run_id, scope.task_id, region_of(scope))
+    if not any(any_map_index or c.region_index == scope.map_index for c in found):
+        addressed = "all_map_indices=True" if any_map_index else f"map_index={scope.map_index}"
+        region = region_of(scope)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"Task instance not found for dag_id={scope.dag_id!r}, run_id={scope.run_id!r}, "
+            f"task_id={scope.task_id!r}, {addressed}" + (f", region_id={region}" if region != ZERO_REGION else ""),
+        )
 
 
 def _existing_task(scope: TaskScopeDep) -> TaskScope:
@@ -231,7 +261,7 @@ async def delete_task_state(scope: ExistingTaskDep, key: str, source: SourceDep)
 async def clear_task_state(
     scope: TaskScopeDep, source: SourceDep, all_map_indices: Annotated[bool, Query()] = False
 ) -> None:
-    """Delete every key of the task instance, or of every map index of the task."""
+    """Delete every key of the task instance, or of every map index of the task (3.4: in its region)."""
     await asyncio.to_thread(_require_task_instance, scope, all_map_indices)
     async with _store_errors():
         await source.clear(scope, all_map_indices)

@@ -2,7 +2,10 @@
 
 Taking an inventory lists (and on S3 HEADs) every object under the base path, so a page view
 never does it: ``POST /overview/inventory`` takes one (one at a time per process) and keeps
-it; ``GET /overview`` answers from the last one, its per-DAG table a page at a time.
+it; ``GET /overview`` answers from the last one, its per-DAG table a page at a time. A request
+within :data:`REUSE_SECONDS` of the last scan's end (a second click, a second tab, one queued
+behind a running scan) gets that inventory instead of a rescan; ``taken_at`` says when it was taken.
+Both routes need access to every DAG, whatever the query says: the figures cover them all.
 """
 
 from __future__ import annotations
@@ -13,20 +16,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.parameters import QueryLimit, QueryOffset
-from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from objstore_backend.audit import AuditReport, run_audit
-from objstore_backend.plugin.api import SourceDep, unforgeable_write
+from objstore_backend.plugin.api import READ_EVERY_DAG, SourceDep, unforgeable_write
+from objstore_backend.store import ObjectStore
 
-__all__ = ["Inventories", "router"]
+__all__ = ["REUSE_SECONDS", "Inventories", "router"]
+
+#: How long after a scan ends a new inventory request gets that scan's result instead of a rescan.
+REUSE_SECONDS = 30.0
 
 router = APIRouter()
-# Every DAG's keys are counted: the permission to read all DAGs' task instances.
-_READ_ALL = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.TASK_INSTANCE))
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,27 @@ class _Taken:
     store: str
     taken_at: datetime
     seconds: float
+    finished: float  # time.monotonic() at the scan's end
 
 
 class Inventories:
-    """The last inventory this process took; a lock keeps two clicks from scanning twice."""
+    """The last inventory this process took; one scan at a time, a fresh one reused."""
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
         self.last: _Taken | None = None
+
+    async def take(self, store: ObjectStore) -> _Taken:
+        """Scan ``store``, unless a scan of it ended less than :data:`REUSE_SECONDS` ago."""
+        async with self._lock:  # a request queued behind a running scan finds its result here
+            last = self.last
+            if last is not None and last.store == store.url and time.monotonic() - last.finished < REUSE_SECONDS:
+                return last
+            started = time.monotonic()
+            report = await asyncio.to_thread(run_audit, store, top_dags=None)
+            finished = time.monotonic()
+            self.last = _Taken(report, store.url, datetime.now(timezone.utc), round(finished - started, 3), finished)
+            return self.last
 
 
 class DagRow(BaseModel):
@@ -82,20 +98,14 @@ def _inventories(request: Request) -> Inventories:
     return inventories
 
 
-@router.get("/overview", dependencies=[_READ_ALL])
+@router.get("/overview", dependencies=[READ_EVERY_DAG])
 async def overview(request: Request, limit: QueryLimit, offset: QueryOffset) -> Overview:
     """The last inventory taken (empty fields if none yet); DAGs by bytes, a page at a time."""
     return _overview(_inventories(request).last, limit.value or 0, offset.value or 0)
 
 
-@router.post("/overview/inventory", dependencies=[_READ_ALL, Depends(unforgeable_write)])
+@router.post("/overview/inventory", dependencies=[READ_EVERY_DAG, Depends(unforgeable_write)])
 async def take_inventory(request: Request, source: SourceDep, limit: QueryLimit) -> Overview:
     """Scan the store now (every object under the base path) and keep the result."""
-    inventories = _inventories(request)
-    async with inventories.lock:
-        started = time.monotonic()
-        report = await asyncio.to_thread(run_audit, source.store, top_dags=None)
-        inventories.last = _Taken(
-            report, source.store.url, datetime.now(timezone.utc), round(time.monotonic() - started, 3)
-        )
-    return _overview(inventories.last, limit.value or 0, 0)
+    taken = await _inventories(request).take(source.store)
+    return _overview(taken, limit.value or 0, 0)

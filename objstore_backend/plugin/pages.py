@@ -18,7 +18,8 @@ from airflow.api_fastapi.core_api.security import requires_access_asset, require
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
-from objstore_backend.plugin.api import CSRF_HEADER
+from objstore_backend.plugin.api import CSRF_HEADER, READ_EVERY_DAG
+from objstore_backend.plugin.coordinates import ZERO_REGION, parse_region_id, task_coordinates
 
 __all__ = ["router"]
 
@@ -52,14 +53,43 @@ def _map_index(raw: str) -> int:
         return -1
 
 
+def _instances(dag_id: str, run_id: str, task_id: str, index: int, region_id: str | None) -> list[dict[str, Any]]:
+    """The task's instances in dynamic regions at this map index (3.4: each iteration of a loop,
+    or one member of an expansion), for the page to choose from; none outside regions."""
+    region = parse_region_id(region_id)
+    found = [
+        c
+        for c in task_coordinates(dag_id, run_id, task_id, region)
+        if c.region_id != ZERO_REGION and index in (-1, c.region_index)
+    ]
+    return [{"region_id": str(c.region_id), "region_index": c.region_index} for c in found]
+
+
 @router.get("/ui/task-instance", dependencies=[_READ_TASKS], response_class=HTMLResponse)
 def task_instance_page(
-    request: Request, dag_id: str, run_id: str, task_id: str, map_index: str = Query("-1")
+    request: Request,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_index: str = Query("-1"),
+    region_id: str | None = None,
+    region_index: int | None = None,
 ) -> HTMLResponse:
-    """The task instance tab: its keys, values, expiry, size and mode, with edit/delete/clear."""
+    """The task instance tab: its keys, values, expiry, size and mode, with edit/delete/clear.
+
+    Airflow 3.4's UI links it with ``{MAP_INDEX}`` only; a task in a loop has one instance per
+    iteration, each with its own keys, so the page offers them to choose from."""
     index = _map_index(map_index)
     where = f"{dag_id} / {run_id} / {task_id}" + (f" [{index}]" if index >= 0 else "")
-    config = {"page": "task", "dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": index}
+    config = {
+        "page": "task",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "task_id": task_id,
+        "map_index": index,
+        "instances": _instances(dag_id, run_id, task_id, index, region_id),
+        "chosen": {"region_id": region_id, "region_index": region_index},
+    }
     return _page(request, "State store (object storage)", where, config)
 
 
@@ -69,7 +99,7 @@ def assets_page(request: Request, asset_id: int | None = None) -> HTMLResponse:
     return _page(request, "Asset state (object storage)", "", {"page": "asset", "asset_id": asset_id})
 
 
-@router.get("/ui/overview", dependencies=[_READ_TASKS], response_class=HTMLResponse)
+@router.get("/ui/overview", dependencies=[READ_EVERY_DAG], response_class=HTMLResponse)
 def overview_page(request: Request) -> HTMLResponse:
     """Keys and bytes by DAG, the GC backlog and the bucket's findings, from the last inventory."""
     return _page(

@@ -2,12 +2,14 @@
 
 * **primary** mode (``[state_store] backend`` is ours): the bucket is the truth. A listing of
   the scope's prefix says which keys exist (and their size and time); each value and expiry
-  is read from its object, many reads in flight.
+  is read from its object, many reads in flight. Offload objects left from before a switch are
+  not keys; writes store the value typed, never adopting an object it may name.
 * **offload** mode (``[workers] state_store_backend`` is ours): Airflow's rows say which keys
   exist and when they expire, as tasks see them; a value behind an ``objstore:`` reference is
   read from the bucket. Writes go where a task's would: the value to the bucket through the
   backend's hook, the reference to Airflow's row; deletes remove the row first, like Airflow's
-  worker, then the object it referenced.
+  worker, then the object it referenced. A reference naming any object but its own key's (a row
+  forged through Airflow's REST API) is never read or deleted: the entry shows its ``problem``.
 
 Values larger than :data:`VALUE_LIMIT_BYTES` are not read for a list (a page stays quick
 whatever a task stored); a GET of the key alone returns them whole.
@@ -25,11 +27,14 @@ from typing import Any, Literal
 
 from airflow.state import AssetScope, TaskScope
 
-from objstore_backend.backend import INLINE_REF_PREFIX, OBJECT_REF_PREFIX, ObjectStoreBackend
+from objstore_backend.backend import INLINE_REF_PREFIX, OBJECT_REF_PREFIX, ObjectStoreBackend, is_live_in_primary
 from objstore_backend.codec import decode_json, encode_json
 from objstore_backend.errors import StoreError
-from objstore_backend.layout import object_path, parse, scope_prefix
+from objstore_backend.layout import Location, is_hashed, object_path, original_key, parse, scope_prefix
+from objstore_backend.plugin.coordinates import HAS_REGIONS, region_of, with_index
+from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ListedObject, ObjectMetadata
+from objstore_backend.transports.base import META_KEY, parse_key
 
 __all__ = ["VALUE_LIMIT_BYTES", "BucketState", "DatabaseState", "Entry", "Mode", "StateSource", "configured_mode"]
 
@@ -158,18 +163,45 @@ class StateSource(ABC):
         return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
 
+#: Why a list shows no value for an object left by offload mode (:func:`is_live_in_primary`): it
+#: is listed, not hidden, so a page costs one listing and one read per key, and the operator sees
+#: what the next ``import`` or GC will settle.
+_NOT_LIVE = (
+    "an offload-mode object from before the switch to primary mode, which tasks do not read: "
+    "`objstore-backend import` brings it over while Airflow's row still holds it, the GC with "
+    "--airflow-db reclaims it once the row is gone"
+)
+
+
 class BucketState(StateSource):
     """Primary mode: every key is an object under the scope's prefix."""
 
     mode: Mode = "primary"
 
     async def _keys(self, scope: Scope) -> list[tuple[str, ListedObject]]:
+        """The scope's keys and their objects, by key. A key hashed in its path is the one its object
+        records (from the listing where it carries metadata, else one HEAD each); one that records
+        none keeps its hashed name (:meth:`delete` refuses that name, saying why)."""
         listed = await asyncio.to_thread(self._listing, scope_prefix(scope))
-        located = ((parse(path), entry) for path, entry in listed.items())
-        return sorted(((loc.key, entry) for loc, entry in located if loc is not None), key=lambda item: item[0])
+        located = [(location, entry) for location, entry in ((parse(p), e) for p, e in listed.items()) if location]
+
+        async def key_of(location: Location, entry: ListedObject) -> str:
+            if not is_hashed(location.key):
+                return location.key
+            if entry.metadata is not None:
+                recorded = parse_key(entry.metadata[META_KEY]) if META_KEY in entry.metadata else None
+            else:
+                metadata = await self.store.ahead(entry.path)
+                recorded = metadata.key if metadata is not None else None
+            return original_key(location, recorded) or location.key
+
+        keys = await self._gather([key_of(location, entry) for location, entry in located])
+        return sorted(zip(keys, (entry for _, entry in located), strict=True), key=lambda item: item[0])
 
     def _entry(self, key: str, listed: ListedObject, read: _Read) -> Entry:
         metadata = read.metadata
+        if metadata is not None and not is_live_in_primary(metadata):
+            read = _Read(size=read.size, metadata=metadata, problem=_NOT_LIVE)
         return Entry(
             key=key,
             value=read.value,
@@ -192,19 +224,30 @@ class BucketState(StateSource):
         if listed is None:
             return None
         read = await self._read(path, listed, whole=True)
-        return None if read.missing else self._entry(key, listed, read)
+        if read.missing or (read.metadata is not None and not is_live_in_primary(read.metadata)):
+            return None
+        return self._entry(key, listed, read)
 
     async def set(self, scope: Scope, key: str, value: Any, expires_at: datetime | None) -> None:
-        await self.backend.aset(scope, key, encode_json(value).decode(), expires_at=expires_at)
+        await self.backend.awrite_value(scope, key, encode_json(value).decode(), expires_at=expires_at)
 
     async def patch(self, scope: Scope, key: str, value: Any) -> bool:
         metadata = await self.store.ahead(object_path(scope, key))
-        if metadata is None:
+        if metadata is None or not is_live_in_primary(metadata):
             return False
-        await self.backend.aset(scope, key, encode_json(value).decode(), expires_at=metadata.expires_at)
+        await self.backend.awrite_value(scope, key, encode_json(value).decode(), expires_at=metadata.expires_at)
         return True
 
     async def delete(self, scope: Scope, key: str) -> None:
+        stored = await self.store.ahead(scope_prefix(scope) + key) if is_hashed(key) else None
+        if stored is not None:  # ``key`` is the hashed name a listing shows, not a key
+            raise ValueError(
+                f"{key!r} is the stored name of the key {stored.key!r}: delete that key"
+                if stored.key is not None
+                else f"{key!r} is the stored name of a key too long for a path, and its object does not record "
+                "the key (written before keys were recorded): it cannot be deleted by key. Clearing the "
+                "task's (or asset's) state removes it with the rest"
+            )
         await self.backend.adelete(scope, key)
 
     async def clear(self, scope: Scope, all_map_indices: bool) -> None:
@@ -216,7 +259,17 @@ class _Row:
     key: str
     value: str
     updated_at: datetime | None
-    expires_at: datetime | None
+    expires_at: datetime | None = None  # task rows only, like the map index
+    map_index: int | None = None  # a task row's index (a clear of every map index reads several)
+
+
+#: An asset's name and uri, which workers address it by (both ``None`` for a task scope).
+_AssetNames = tuple[str | None, str | None]
+
+
+def _index_column(model: Any, name: str = "region_index") -> Any:
+    """A column of ``task_state_store`` by its 3.4 name; 3.3 has ``map_index`` and no region."""
+    return getattr(model, name if HAS_REGIONS else "map_index")
 
 
 def _reference(stored: Any) -> str | None:
@@ -238,8 +291,10 @@ class DatabaseState(StateSource):
             from airflow.models.task_state_store import TaskStateStoreModel as Model
 
             filters = [Model.dag_id == scope.dag_id, Model.run_id == scope.run_id, Model.task_id == scope.task_id]
+            if HAS_REGIONS:  # 3.4: the region always, as Airflow's metastore clears
+                filters.append(_index_column(Model, "region_id") == region_of(scope))
             if not all_map_indices:
-                filters.append(Model.map_index == scope.map_index)
+                filters.append(_index_column(Model) == scope.map_index)
             return Model, filters
         from airflow.models.asset_state_store import AssetStateStoreModel as AssetModel
 
@@ -261,28 +316,33 @@ class DatabaseState(StateSource):
         if key is not None:
             filters.append(model.key == key)
         columns = [model.key, model.value, model.updated_at]
-        if isinstance(scope, TaskScope):  # asset keys have no expiry in Airflow
-            columns.append(model.expires_at)
+        if isinstance(scope, TaskScope):  # asset keys have no expiry (nor map index) in Airflow
+            columns += [model.expires_at, _index_column(model)]
         statement = select(*columns).where(*filters).order_by(model.key.asc())
         if limit is not None:
             statement = statement.offset(offset).limit(limit)
         with create_session() as session:
             total = session.scalar(select(func.count()).select_from(model).where(*filters)) or 0
-            rows = [
-                _Row(row[0], row[1], row[2], row[3] if len(row) == 4 else None) for row in session.execute(statement)
-            ]
+            rows = [_Row(*row) for row in session.execute(statement)]
         return rows, total
 
-    def _worker_scope(self, scope: Scope) -> Scope:
-        """The scope a task's hook writes under: asset scopes by name, as workers address them."""
+    def _asset_names(self, scope: Scope) -> _AssetNames:
+        """The asset's name and uri, read from Airflow's ``asset`` table."""
         if isinstance(scope, TaskScope):
-            return scope
+            return None, None
         from airflow.models.asset import AssetModel
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
         with create_session() as session:
-            name = session.scalar(select(AssetModel.name).where(AssetModel.id == scope.asset_id))
+            found = session.execute(
+                select(AssetModel.name, AssetModel.uri).where(AssetModel.id == scope.asset_id)
+            ).first()
+        return (found[0], found[1]) if found is not None else (None, None)
+
+    def _worker_scope(self, scope: Scope) -> Scope:
+        """The scope a task's hook writes under: asset scopes by name, as workers address them."""
+        name, _ = self._asset_names(scope)
         return AssetScope(name=name) if name is not None else scope
 
     def _write_row(self, scope: Scope, key: str, stored: str, expires_at: datetime | None) -> None:
@@ -312,14 +372,26 @@ class DatabaseState(StateSource):
 
     # -- references ------------------------------------------------------------------------
 
-    def _object_of(self, row: _Row) -> str | None:
-        ref = _reference(json.loads(row.value))
-        if ref is None or not ref.startswith(OBJECT_REF_PREFIX):
-            return None
-        path = ref[len(OBJECT_REF_PREFIX) :]
-        return path if parse(path) is not None else None
+    def _object_of(self, row: _Row, scope: Scope, asset: _AssetNames) -> tuple[str | None, str | None]:
+        """The object the row's reference leads to, or why it leads nowhere (a reference to another
+        key's object, forged through Airflow's REST API, or one this package did not write)."""
+        try:
+            ref = _reference(json.loads(row.value))
+        except ValueError:
+            return None, None
+        if ref is None or ref.startswith(INLINE_REF_PREFIX):
+            return None, None
+        path = ref[len(OBJECT_REF_PREFIX) :] if ref.startswith(OBJECT_REF_PREFIX) else None
+        if path is None or parse(path) is None:
+            return None, f"a reference objstore-backend did not write: {ref[:200]!r}"
+        if isinstance(scope, TaskScope) and row.map_index is not None:
+            scope = with_index(scope, row.map_index)
+        refusal = reference_refusal(path, scope, row.key, asset_name=asset[0], asset_uri=asset[1])
+        return (None, refusal) if refusal is not None else (path, None)
 
-    async def _entry(self, row: _Row, listed: dict[str, ListedObject] | None) -> Entry:
+    async def _entry(
+        self, row: _Row, scope: Scope, asset: _AssetNames, listed: dict[str, ListedObject] | None
+    ) -> Entry:
         def entry(value: Any, size: int | None, mode: str, problem: str | None = None) -> Entry:
             return Entry(row.key, value, size, row.updated_at, row.expires_at, mode, problem)
 
@@ -333,9 +405,9 @@ class DatabaseState(StateSource):
         if ref.startswith(INLINE_REF_PREFIX):
             text = ref[len(INLINE_REF_PREFIX) :]
             return entry(decode_json(text), len(text.encode()), "inline")
-        path = self._object_of(row)
+        path, problem = self._object_of(row, scope, asset)
         if path is None:
-            return entry(None, None, "offload", f"a reference objstore-backend did not write: {ref[:200]!r}")
+            return entry(None, None, "offload", problem)
         read = await self._read(path, None if listed is None else listed.get(path), whole=listed is None)
         if read.missing:
             missing = (
@@ -347,16 +419,19 @@ class DatabaseState(StateSource):
 
     async def page(self, scope: Scope, limit: int, offset: int) -> tuple[list[Entry], int]:
         rows, total = await asyncio.to_thread(self._rows, scope, limit=limit, offset=offset)
-        paths = [p for p in (self._object_of(row) for row in rows) if p is not None]
+        asset = await asyncio.to_thread(self._asset_names, scope)
+        paths = [p for p, _ in (self._object_of(row, scope, asset) for row in rows) if p is not None]
         prefixes = sorted({path.rsplit("/", 1)[0] + "/" for path in paths})
         listed: dict[str, ListedObject] = {}
         for found in await asyncio.gather(*(asyncio.to_thread(self._listing, prefix) for prefix in prefixes)):
             listed.update(found)
-        return await self._gather([self._entry(row, listed) for row in rows]), total
+        return await self._gather([self._entry(row, scope, asset, listed) for row in rows]), total
 
     async def get(self, scope: Scope, key: str) -> Entry | None:
         rows, _ = await asyncio.to_thread(self._rows, scope, key=key)
-        return await self._entry(rows[0], None) if rows else None
+        if not rows:
+            return None
+        return await self._entry(rows[0], scope, await asyncio.to_thread(self._asset_names, scope), None)
 
     async def _store_value(self, scope: Scope, key: str, value: Any, expires_at: datetime | None) -> None:
         worker_scope = await asyncio.to_thread(self._worker_scope, scope)
@@ -379,8 +454,10 @@ class DatabaseState(StateSource):
         return True
 
     async def _remove(self, scope: Scope, key: str | None, all_map_indices: bool) -> None:
+        """Airflow's rows, then the objects they lead to: never another key's object a row names."""
         rows = await asyncio.to_thread(self._delete_rows, scope, key, all_map_indices)
-        paths = {p for p in (self._object_of(row) for row in rows) if p is not None}
+        asset = await asyncio.to_thread(self._asset_names, scope)
+        paths = {p for p, _ in (self._object_of(row, scope, asset) for row in rows) if p is not None}
         await self._gather([self.store.adelete(path) for path in sorted(paths)])
 
     async def delete(self, scope: Scope, key: str) -> None:

@@ -4,8 +4,8 @@
   error translation every transport shares;
 * :mod:`~objstore_backend.transports.s3` (``s3://``), :mod:`~objstore_backend.transports.gcs`
   (``gs://``), :mod:`~objstore_backend.transports.azure` (``abfs://``, ``abfss://``, ``az://``);
-* :mod:`~objstore_backend.transports.local`: the local disk, and the metadata envelope for
-  memory and any other fsspec filesystem.
+* :mod:`~objstore_backend.transports.local`: the local disk, memory, and the metadata envelope
+  for any other fsspec filesystem.
 
 :func:`transport_for` picks the class for a URL's protocol.
 """
@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from objstore_backend.transports.base import CHANGED, GONE, ListedObject, RetryPolicy, Transport
 from objstore_backend.transports.gcs import GCSTransport
-from objstore_backend.transports.local import EnvelopeTransport, LocalTransport
+from objstore_backend.transports.local import EnvelopeTransport, LocalTransport, MemoryTransport
 from objstore_backend.transports.s3 import S3Transport
 
 __all__ = [
     "AZURE_PROTOCOLS",
     "CHANGED",
     "GONE",
+    "GUARDED_STORES",
     "EnvelopeTransport",
     "GCSTransport",
     "ListedObject",
     "LocalTransport",
+    "MemoryTransport",
     "RetryPolicy",
     "S3Transport",
     "Transport",
@@ -41,7 +43,11 @@ _TRANSPORTS: dict[str, type[Transport]] = {
     "gcs": GCSTransport,
     "file": LocalTransport,
     "local": LocalTransport,
+    "memory": MemoryTransport,
 }
+
+#: Where deletes and create-only writes can be made conditional (every transport but the bare envelope's).
+GUARDED_STORES = "s3://, gs://, abfs:// (abfss://, az://), local paths and memory://"
 
 
 def transport_for(protocol: str) -> type[Transport]:

@@ -14,7 +14,9 @@ listing cache or its ``pipe_file`` (which cannot carry metadata):
 * the listing carries each blob's metadata, ETag and last-modified time (5,000 a page), so
   the GC needs no request per object;
 * deletes of many blobs go in blob batch requests of at most 256 deletes, each conditional on
-  the ETag the GC checked (412: rewritten since, kept), with a status per blob. The batch is
+  the ETag the GC checked (412 ``ConditionNotMet``: rewritten since, kept; 404: gone), with a
+  status per blob; a lease on the blob (412 ``LeaseIdMissing``) or its snapshots (409
+  ``SnapshotsPresent``) leave the expired blob in place: an error naming it, never "kept". The batch is
   sent by the SDK's synchronous client in a worker thread: its async client frames the batch
   body in a way Azurite 3.35 refuses as a whole (400 InvalidInput).
 
@@ -90,7 +92,17 @@ class _BlobMissing(AzureServiceError):
 
 
 class _BlobChanged(AzureServiceError):
-    """412 (an ETag condition failed) or 409 (a conflicting lease or create): the blob is not as checked."""
+    """412 ``ConditionNotMet``: the blob is not the version an ETag condition named."""
+
+
+class _BlobConflict(AzureServiceError):
+    """409, or a 412 for a lease: the blob exists (``BlobAlreadyExists``, a create-only write),
+    is leased (``LeaseIdMissing``...), or has snapshots (``SnapshotsPresent``)."""
+
+
+def _changed(status: int, code: str | None) -> bool:
+    """Whether a 412 says the condition failed; the service sends 412 for a lease too."""
+    return status == 412 and code in (None, "ConditionNotMet")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -115,8 +127,10 @@ def _translate(exc: BaseException, container: str) -> BaseException:
         return BucketNotFoundError(f"container {container!r} does not exist")
     if status == 404:
         return _BlobMissing(code, status, message)
-    if status in (409, 412):
+    if _changed(status, code):
         return _BlobChanged(code, status, message)
+    if status in (409, 412):
+        return _BlobConflict(code, status, message)
     return AzureServiceError(code, status, message)
 
 
@@ -138,6 +152,9 @@ def _quoted(etag: str | None) -> str | None:
 
 class AzureTransport(Transport):
     """Azure Blob Storage through the azure-storage-blob SDK (see the module's docstring)."""
+
+    #: Azure blob metadata: 8 KB per object, names and values.
+    metadata_bytes = 8192
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -258,7 +275,7 @@ class AzureTransport(Transport):
                         **self._request_options(fs),
                     ),
                 )
-            except _BlobChanged as exc:
+            except (_BlobChanged, _BlobConflict) as exc:  # a leased blob exists too
                 if not create_only:
                     raise
                 raise FileExistsError(f"{self.display(path)} exists") from exc
@@ -279,7 +296,8 @@ class AzureTransport(Transport):
 
     async def _delete_blob(self, fs: Any, path: str, etag: str | None = None) -> str | None:
         """One Delete Blob, conditional on ``etag`` when given: ``None`` once deleted, else why not
-        (:data:`GONE`, or :data:`CHANGED` when the blob is no longer the version ``etag`` names)."""
+        (:data:`GONE`, or :data:`CHANGED` when the blob is no longer the version ``etag`` names).
+        A lease on the blob, or snapshots, raise: an error, never a silent no-op."""
         from azure.core import MatchConditions
 
         container, client = self._blob(fs, path)
@@ -291,9 +309,7 @@ class AzureTransport(Transport):
             except _BlobMissing:
                 return GONE
             except _BlobChanged:
-                if etag:
-                    return CHANGED
-                raise  # a lease on the blob: an error, never a silent no-op
+                return CHANGED
             return None
 
         return await self.attempt("deleting", path, delete_blob)
@@ -416,9 +432,11 @@ class AzureTransport(Transport):
             return [
                 (path, f"the batch answered {len(statuses)} statuses for {len(items)} deletes") for path, _ in items
             ]
-        reasons = {404: GONE, 409: CHANGED, 412: CHANGED}
         return [
-            (path, reasons.get(status) or f"{code or 'error'} (HTTP {status})")
+            (
+                path,
+                GONE if status == 404 else CHANGED if _changed(status, code) else f"{code or 'error'} (HTTP {status})",
+            )
             for (path, _), (status, code) in zip(items, statuses, strict=True)
             if status not in (200, 202)
         ]

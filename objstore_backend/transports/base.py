@@ -11,8 +11,10 @@ already retry, so retries never multiply; what still fails raises a
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -26,8 +28,10 @@ __all__ = [
     "GONE",
     "META_ADOPTED",
     "META_EXPIRES",
+    "META_KEY",
     "META_LAYOUT",
     "META_MODE",
+    "META_ORIGIN",
     "META_UPDATED",
     "S3_DELETE_BATCH",
     "Body",
@@ -37,8 +41,10 @@ __all__ = [
     "bounded",
     "delete_in_batches",
     "describe_cause",
+    "format_key",
     "format_time",
     "in_slice",
+    "parse_key",
     "parse_time",
     "service_error",
     "translate_error",
@@ -53,9 +59,15 @@ META_MODE = "objstoremode"
 META_EXPIRES = "objstoreexpires"
 #: Set when the server side adopted an object the worker side wrote (both modes configured).
 META_ADOPTED = "objstoreadopted"
+#: On an adopted copy at another path (an asset key by id): the worker's path it was copied from,
+#: so a worker follows the server's reference only to a copy of its own asset's object.
+META_ORIGIN = "objstoreorigin"
 #: When the value was last set (by Airflow, or in the DB row it was imported from): which of
 #: two copies of a key is newer. Absent on objects written before it existed.
 META_UPDATED = "objstoreupdated"
+
+#: The key itself, base64url (ASCII for every store), on objects whose path holds it hashed.
+META_KEY = "objstorekey"
 
 #: S3 DeleteObjects takes at most 1000 keys, and S3 lists 1000 a page; the local listings page alike.
 S3_DELETE_BATCH = 1000
@@ -76,12 +88,35 @@ class ListedObject:
 
 
 def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC, the year always four digits (``strftime("%Y")`` writes year 999 as ``999``)."""
     if moment.tzinfo is None:
         raise ValueError(f"expires_at must be timezone-aware (UTC), got naive {moment!r}")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is outside the years 1 to 9999 in UTC") from None
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def format_key(key: str) -> str:
+    """A key as metadata every store takes: base64url of its UTF-8, unpadded (S3 metadata is ASCII)."""
+    return base64.urlsafe_b64encode(key.encode("utf-8", "surrogatepass")).rstrip(b"=").decode("ascii")
+
+
+def parse_key(text: str) -> str | None:
+    """Reverse :func:`format_key`; ``None`` for text it did not write."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8", "surrogatepass")
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+        return None
+
+
+#: A year of fewer than four digits: how years before 1000 were written before they were padded.
+_SHORT_YEAR = re.compile(r"^([0-9]{1,3})-")
 
 
 def parse_time(text: str) -> datetime:
+    text = _SHORT_YEAR.sub(lambda found: found.group(1).zfill(4) + "-", text)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"time without a zone: {text!r}")
@@ -227,6 +262,12 @@ class Transport(ABC):
 
     #: The filesystem's methods are coroutines (s3fs, gcsfs): bind one instance per loop.
     is_async: bool = True
+    #: :meth:`delete_batch` deletes an object only if it is still the version given (the GC relies on it).
+    supports_conditional_delete: bool = True
+    #: ``write(create_only=True)`` is decided by the store in the same request (``import`` relies on it).
+    supports_create_only: bool = True
+    #: The bytes of user metadata (names and values) the store takes per object, ``None``: no limit.
+    metadata_bytes: int | None = None
 
     def __init__(self, retry: RetryPolicy | None = None, display: Callable[[str], str] | None = None) -> None:
         self.retry = retry or RetryPolicy()

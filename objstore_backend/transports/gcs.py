@@ -41,6 +41,8 @@ class GCSTransport(Transport):
 
     BATCH_CALLS = 100
     _META_HEADER = "x-goog-meta-"
+    #: GCS custom metadata: 8 KB per object, names and values.
+    metadata_bytes = 8192
     _BOUNDARY = "objstore-backend-batch"
 
     def retriable(self, exc: BaseException) -> bool:

@@ -1,20 +1,29 @@
-"""Filesystems without object metadata: the local disk (:class:`LocalTransport`), memory and any
-other fsspec filesystem (:class:`EnvelopeTransport`).
+"""Filesystems without object metadata: the local disk (:class:`LocalTransport`), memory
+(:class:`MemoryTransport`) and any other fsspec filesystem (:class:`EnvelopeTransport`).
 
 Filesystems without per-object metadata keep it in a header line before the body, in the same
 file (:data:`ENVELOPE_MAGIC`), so body and metadata are still written, and read, at once.
+
+Conditional deletes and create-only writes: the local disk makes them with ``flock`` and
+atomic renames, memory with one lock for the process its objects live in. Any other
+filesystem (sftp, ftp, hdfs, smb, webdav...) offers no conditional operation: its transport
+says so (``supports_conditional_delete = supports_create_only = False``) and the GC and
+``import`` refuse to run there (see :meth:`objstore_backend.store.ObjectStore.check_guarded`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
+import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,7 +45,7 @@ try:  # POSIX: writers and the GC's conditional delete on the local disk agree t
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ENVELOPE_MAGIC", "META_WRITE", "EnvelopeTransport", "LocalTransport"]
+__all__ = ["ENVELOPE_MAGIC", "META_WRITE", "EnvelopeTransport", "LocalTransport", "MemoryTransport"]
 
 #: The first bytes of every file of this package on a filesystem without object metadata:
 #: a JSON header line of metadata follows, then the body.
@@ -44,15 +53,25 @@ ENVELOPE_MAGIC = b"\x00objstore-backend\n"
 #: Local disk only: a nonce per write, the version the GC compares (see :meth:`LocalTransport._version`).
 META_WRITE = "objstorewrite"
 
+_T = TypeVar("_T")
+
 
 class EnvelopeTransport(Transport):
-    """Filesystems without object metadata (memory, and the base of the local one).
+    """Filesystems without object metadata (sftp, ftp, hdfs, smb, webdav..., and the base of
+    the memory and local ones).
 
     The metadata is a JSON header line before the body in the same file. The filesystem
     is synchronous: its calls run in a worker thread so an async caller's loop stays free.
+    Such a filesystem has no conditional delete or create: a delete ignores the version
+    listed (none is), a create-only write checks, then writes.
     """
 
     is_async = False
+    supports_conditional_delete = False
+    supports_create_only = False
+    #: The filesystem's client may hold one connection (ftp), unfit for calls from many threads:
+    #: one call at a time per filesystem instance.
+    one_call_at_a_time = True
     HEADER_LIMIT = 4096
 
     @staticmethod
@@ -72,24 +91,41 @@ class EnvelopeTransport(Transport):
             raise CorruptObjectError(f"{path}: unreadable metadata header")
         return body, metadata
 
-    def _read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
+    def _cat(self, fs: Any, path: str, **limits: Any) -> bytes | None:
+        """The file's bytes (within ``limits``), or ``None`` if there is no such file.
+
+        Some clients answer a missing file with an error of their own (ftp: ``error_perm: 550``):
+        after any other error the filesystem is asked whether the file is there.
+        """
         try:
-            data = fs.cat_file(path)
+            data: bytes = fs.cat_file(path, **limits)
         except (FileNotFoundError, IsADirectoryError):
             return None
-        return self.unpack(data, self.display(path))
+        except Exception:
+            if not fs.isfile(path):
+                return None
+            raise
+        return data
+
+    def _read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
+        data = self._cat(fs, path)
+        return None if data is None else self.unpack(data, self.display(path))
 
     def _head(self, fs: Any, path: str) -> dict[str, str] | None:
-        try:
-            start = fs.cat_file(path, start=0, end=self.HEADER_LIMIT)
-        except (FileNotFoundError, IsADirectoryError):
+        start = self._cat(fs, path, start=0, end=self.HEADER_LIMIT)
+        if start is None:
             return None
         if b"\n" not in start[len(ENVELOPE_MAGIC) :]:
             start += b"\n"  # a header longer than the limit is unreadable: unpack says so
         return self.unpack(start, self.display(path))[1]
 
     def _write(self, fs: Any, path: str, data: bytes, create_only: bool = False) -> None:
-        if create_only and fs.exists(path):  # memory filesystem: one process, no race to guard
+        fs.makedirs(fs._parent(path), exist_ok=True)  # ftp, sftp, smb, webdav: no file without its directory
+        self._put(fs, path, data, create_only)
+
+    def _put(self, fs: Any, path: str, data: bytes, create_only: bool) -> None:
+        """Checked, then written: atomic only where nothing else writes meanwhile (see the class)."""
+        if create_only and fs.exists(path):
             raise FileExistsError(f"{self.display(path)} exists")
         fs.pipe_file(path, data)
 
@@ -117,34 +153,48 @@ class EnvelopeTransport(Transport):
             return []
         return sorted(info["name"].rstrip("/") + "/" for info in found if info.get("type") == "directory")
 
-    # The filesystem is local (disk or memory): nothing to retry, but errors are translated alike.
+    async def _in_thread(self, fs: Any, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(fs, *args)`` in a worker thread, alone on ``fs`` if :attr:`one_call_at_a_time`."""
+        if not self.one_call_at_a_time:
+            return await asyncio.to_thread(function, fs, *args)
+        with _CALL_LOCKS_LOCK:
+            lock = _CALL_LOCKS.setdefault(fs, threading.Lock())
+
+        def alone() -> _T:
+            with lock:
+                return function(fs, *args)
+
+        return await asyncio.to_thread(alone)
+
+    # Nothing is retried here (remote filesystems' clients retry, or not, on their own), but
+    # errors are translated alike.
 
     async def read(self, fs: Any, path: str) -> tuple[Body, dict[str, str]] | None:
-        return await self.attempt("reading", path, lambda: asyncio.to_thread(self._read, fs, path))
+        return await self.attempt("reading", path, lambda: self._in_thread(fs, self._read, path))
 
     async def head(self, fs: Any, path: str) -> dict[str, str] | None:
-        return await self.attempt("reading the metadata of", path, lambda: asyncio.to_thread(self._head, fs, path))
+        return await self.attempt("reading the metadata of", path, lambda: self._in_thread(fs, self._head, path))
 
     async def write(
         self, fs: Any, path: str, body: Body, metadata: dict[str, str], *, create_only: bool = False
     ) -> None:
         data = self.pack(body, metadata)
-        await self.attempt("writing", path, lambda: asyncio.to_thread(self._write, fs, path, data, create_only))
+        await self.attempt("writing", path, lambda: self._in_thread(fs, self._write, path, data, create_only))
 
     async def delete(self, fs: Any, path: str) -> None:
-        await self.attempt("deleting", path, lambda: asyncio.to_thread(self._delete, fs, path))
+        await self.attempt("deleting", path, lambda: self._in_thread(fs, self._delete, path))
 
     async def list_pages(
         self, fs: Any, prefix: str, start_after: str | None = None, end_at: str | None = None
     ) -> AsyncIterator[list[ListedObject]]:
         entries = await self.attempt(
-            "listing", prefix, lambda: asyncio.to_thread(self._list, fs, prefix, start_after, end_at)
+            "listing", prefix, lambda: self._in_thread(fs, self._list, prefix, start_after, end_at)
         )
         for start in range(0, len(entries), S3_DELETE_BATCH):
             yield entries[start : start + S3_DELETE_BATCH]
 
     async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
-        found = await self.attempt("listing", prefix, lambda: asyncio.to_thread(self._list_prefixes, fs, prefix))
+        found = await self.attempt("listing", prefix, lambda: self._in_thread(fs, self._list_prefixes, prefix))
         return found, 1
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
@@ -165,7 +215,53 @@ class EnvelopeTransport(Transport):
     async def delete_batch(
         self, fs: Any, items: Sequence[tuple[str, str | None]], *, batched: bool = True, concurrency: int = 16
     ) -> list[tuple[str, str]]:
-        return await asyncio.to_thread(self._delete_items, fs, items)
+        return await self._in_thread(fs, self._delete_items, items)
+
+
+#: Filesystem instance -> the lock its calls take (see :attr:`EnvelopeTransport.one_call_at_a_time`).
+_CALL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_CALL_LOCKS_LOCK = threading.Lock()
+
+#: Every write and conditional delete on the memory filesystem, whose objects live in this process.
+_MEMORY_LOCK = threading.Lock()
+
+
+class MemoryTransport(EnvelopeTransport):
+    """The memory filesystem: its objects live in this process, so one lock makes writes,
+    create-only writes and the GC's conditional deletes atomic with one another.
+
+    An object's version is a digest of its bytes: a key rewritten since it was listed (with
+    another value, expiry or update time) is no longer that version, and is kept.
+    """
+
+    supports_conditional_delete = True
+    supports_create_only = True
+    one_call_at_a_time = False
+
+    @staticmethod
+    def _digest(data: bytes) -> str:
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+    def _write(self, fs: Any, path: str, data: bytes, create_only: bool = False) -> None:
+        with _MEMORY_LOCK:
+            self._put(fs, path, data, create_only)
+
+    def _list(self, fs: Any, prefix: str, start_after: str | None, end_at: str | None) -> list[ListedObject]:
+        entries = []
+        for entry in super()._list(fs, prefix, start_after, end_at):
+            with contextlib.suppress(FileNotFoundError):  # deleted since listed
+                entries.append(ListedObject(entry.path, entry.size, self._digest(fs.cat_file(entry.path)), None))
+        return entries
+
+    def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
+        with _MEMORY_LOCK:
+            try:
+                if version is not None and self._digest(fs.cat_file(path)) != version:
+                    return CHANGED
+                fs.rm_file(path)
+            except FileNotFoundError:
+                return GONE if version is not None else None
+            return None
 
 
 class LocalTransport(EnvelopeTransport):
@@ -178,6 +274,9 @@ class LocalTransport(EnvelopeTransport):
     it is never deleted, and readers never see a live key vanish for a moment.
     """
 
+    supports_conditional_delete = True
+    supports_create_only = True
+    one_call_at_a_time = False
     #: Temporary files start with "~", which no escaped segment does.
     TEMP_MARKER = "~tmp-"
     GRAVE_MARKER = "~gc-"

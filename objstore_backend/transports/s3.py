@@ -31,6 +31,8 @@ __all__ = ["META_PAD", "S3_CONFIG_DEFAULTS", "S3Transport"]
 
 #: How many bytes of JSON whitespace follow the body (see :meth:`S3Transport._with_nonce`).
 META_PAD = "objstorepad"
+#: Bytes of JSON whitespace each write of a JSON body ends with (see ``S3Transport._with_nonce``).
+_PAD_BYTES = 16
 
 #: botocore settings under s3fs (``config_kwargs``): a pool large enough for the GC's fan-out,
 #: and no botocore retries (its "legacy" default retries 5xx and throttling up to 5 times, on
@@ -126,6 +128,8 @@ class S3Transport(Transport):
     """
 
     _network_errors: tuple[type[BaseException], ...] | None = None
+    #: S3's 2 KB of user metadata, less the pad entry this transport adds to each write.
+    metadata_bytes = 2048 - len(META_PAD) - len(str(_PAD_BYTES))
 
     @staticmethod
     async def _call(fs: Any, operation: str, **kwargs: Any) -> Any:
@@ -207,7 +211,7 @@ class S3Transport(Transport):
         """
         if body[:2] == b"\x1f\x8b":
             return body + gzip.compress(b"", mtime=secrets.randbits(32)), metadata
-        pad = bytes(secrets.choice(_JSON_WHITESPACE) for _ in range(16))
+        pad = bytes(secrets.choice(_JSON_WHITESPACE) for _ in range(_PAD_BYTES))
         return body + pad, {**metadata, META_PAD: str(len(pad))}
 
     async def write(

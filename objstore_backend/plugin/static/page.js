@@ -185,7 +185,28 @@ function taskPage(root) {
   const c = CONFIG;
   const base = `${c.api}/dags/${encodeURIComponent(c.dag_id)}/dagRuns/${encodeURIComponent(c.run_id)}` +
     `/taskInstances/${encodeURIComponent(c.task_id)}/state-store`;
-  new StateTable(root, base, "task_state_store", `?map_index=${c.map_index}`, true).load();
+  const show = (instance) => {
+    const query = instance
+      ? `?region_id=${encodeURIComponent(instance.region_id)}&region_index=${instance.region_index}`
+      : `?map_index=${c.map_index}`;
+    new StateTable(table, base, "task_state_store", query, true).load();
+  };
+  const table = el("div", { id: "instance-keys" });
+  if (c.instances.length <= 1) {
+    root.replaceChildren(table);
+    show(c.instances[0]);
+    return;
+  }
+  // Airflow 3.4: a task in a loop has an instance per iteration (one region, an index each)
+  const label = (i) => `iteration ${i.region_index} (region ${i.region_id})`;
+  const picker = el("select", { id: "instance", "aria-label": "task instance" },
+    ...c.instances.map((i, n) => el("option", { value: String(n) }, label(i))));
+  const chosen = c.instances.findIndex((i) =>
+    i.region_id === c.chosen.region_id && i.region_index === c.chosen.region_index);
+  picker.value = String(Math.max(chosen, 0));
+  picker.addEventListener("change", () => show(c.instances[Number(picker.value)]));
+  root.replaceChildren(el("div", { class: "toolbar" }, picker), table);
+  show(c.instances[Number(picker.value)]);
 }
 
 async function assetPage(root) {
