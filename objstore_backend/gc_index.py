@@ -34,9 +34,10 @@ from typing import Any
 
 import orjson
 
+from objstore_backend.discovery import discover
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.layout import RESERVED_PREFIX
-from objstore_backend.partition import KeyRange, Plan, discover, rebalance, unit_target
+from objstore_backend.partition import KeyRange, Plan, rebalance, unit_target
 from objstore_backend.store import ObjectMetadata, ObjectStore
 from objstore_backend.transports import S3Transport, Transport
 

@@ -21,10 +21,11 @@ from airflow.sdk.state import TaskScope
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
+from objstore_backend.discovery import discover, discovery_budget
 from objstore_backend.gc import GCOptions, GCReport, run_gc
 from objstore_backend.gc_index import _UnitWriter
 from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
-from objstore_backend.partition import KeyRange, Plan, balanced_cuts, discover, discovery_budget, rebalance
+from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
 from objstore_backend.store import ObjectMetadata, ObjectStore
 
 NOW = datetime.now(timezone.utc)
