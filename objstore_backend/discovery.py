@@ -41,13 +41,14 @@ PAST = "\U0010ffff"
 
 
 def discovery_budget(shards: int, estimated_keys: float = 0.0) -> int:
-    """Listing requests a first plan may take: two to name the DAGs, two per shard, and one per
-    5,000 keys the discovery estimates the bucket holds.
+    """Listing requests a first plan may take: one, two per shard, and one per 5,000 keys the
+    discovery estimates the bucket holds (a bucket of many large DAGs needs a request or two per
+    DAG to find the large one).
 
-    The shards of a run list the bucket once between them, plus a partial last page each; with
-    this budget a first run stays within 1.2 listings plus 3 requests per shard (a bucket of
-    many large DAGs needs a request or two per DAG to find the large one)."""
-    return 2 + 2 * max(shards, 1) + int(estimated_keys // (5 * PAGE))
+    The shards of a run list the bucket once between them, plus a partial last page each, and
+    one listing drops old run records: with this budget a first run stays within 1.2 listings
+    plus 3 requests per shard."""
+    return 1 + 2 * max(shards, 1) + int(estimated_keys // (5 * PAGE))
 
 
 @dataclass

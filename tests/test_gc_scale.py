@@ -22,7 +22,7 @@ from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.discovery import discover, discovery_budget
-from objstore_backend.gc import GCOptions, GCReport, run_gc
+from objstore_backend.gc import GCOptions, GCReport, default_run_id, run_gc
 from objstore_backend.gc_index import _UnitWriter
 from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
 from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
@@ -333,3 +333,95 @@ def test_the_first_plan_is_balanced_on_gcs_and_the_local_disk_too(
     sizes = [sum(per_unit[u] for u in plan.shard_units(i, shards)) for i in range(shards)]
     assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / shards, sizes
     assert requests <= discovery_budget(shards)
+
+
+def _heads(moto: Any) -> Counter[str]:
+    return Counter(path for method, path, _ in moto.log.snapshot() if method == "HEAD")
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "interleaved"])
+def test_the_shards_of_one_run_share_its_plan_and_a_late_shard_scans_nothing_again(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, order: str
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    moto_server.log.clear()
+    first = {i: run_gc(store, GCOptions(shard=(i, 4), run_id="night-1")) for i in shard_order(order, 4)}
+    # the run's last shard found the sweep complete and made the next run's plan; a shard of
+    # the same run started after all its siblings (a retry, a late pod) still sweeps by the
+    # run's plan, and its units are swept already
+    late = run_gc(store, GCOptions(shard=(2, 4), run_id="night-1"))
+    assert (late.scanned, late.metadata_reads, late.errors) == (0, 0, 0) and late.units_skipped > 0
+    assert sum(r.scanned for r in first.values()) == len(keys)
+    assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+    generations = [p for p in store.fs.find(store.full_path(RESERVED_PREFIX + "plans/"))]
+    assert len(generations) == 2  # the run's plan and the next run's, learnt from its counts
+
+    # the next run takes the new plan: balanced on the counts, every key once again
+    moto_server.log.clear()
+    second = [run_gc(store, GCOptions(shard=(i, 4), run_id="night-2", full=True)) for i in (3, 1, 0, 2)]
+    sizes = [r.scanned for r in second]
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.1 * len(keys) / 4, sizes
+    assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+
+
+def test_a_shard_retried_after_a_failure_mid_sweep_skips_what_its_run_swept(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    published: list[str] = []
+    publish = _UnitWriter.publish
+
+    async def dies_after_two_units(self: _UnitWriter, replaced: Any) -> None:
+        if len(published) == 2:
+            raise OSError("killed")
+        await publish(self, replaced)
+        published.append(self.unit.ident)
+
+    moto_server.log.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(_UnitWriter, "publish", dies_after_two_units)
+        failed = run_gc(store, GCOptions(shard=(0, 2), run_id="night-1", list_concurrency=1))
+    assert failed.errors == 1 and len(published) == 2
+    before = set(_heads(moto_server))
+    moto_server.log.clear()
+    retried = run_gc(store, GCOptions(shard=(0, 2), run_id="night-1", list_concurrency=1))
+    other = run_gc(store, GCOptions(shard=(1, 2), run_id="night-1"))
+    again = set(_heads(moto_server))
+    assert retried.errors == other.errors == 0 and retried.units_skipped == 2
+    assert before | again == {f"/{s3_bucket}/state/{key}" for key in keys}  # every key swept by the run
+    assert retried.scanned + other.scanned < len(keys)  # the two units swept before the failure: not again
+    assert len(before & again) <= 1000  # only what the failure cut short (one listing page) is read twice
+
+
+def test_a_damaged_plan_or_run_record_means_a_new_plan_never_a_wrong_delete(
+    s3_bucket: str, s3_options: dict[str, Any]
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(400)
+    seed(store, keys)
+    run_gc(store, GCOptions(shard=(0, 2), run_id="night-1"))
+    root = store.full_path(RESERVED_PREFIX)
+    for name in [*store.fs.find(root + "plans/"), *store.fs.find(root + "runs/"), root + "current.json"]:
+        store.fs.pipe_file(name, b'{"format": "objstore-backend-gc-index", "version": 99}')
+    reports = [run_gc(store, GCOptions(shard=(i, 2), run_id="night-1", now=NEXT_NIGHT)) for i in (1, 0)]
+    assert all(r.index_damaged >= 1 and r.errors == 0 for r in reports)
+    assert sum(r.deleted for r in reports) == 0 and sum(r.live for r in reports) >= len(keys) // 2
+
+
+@pytest.mark.parametrize(
+    ("environ", "hostname", "run"),
+    [
+        ({"OBJSTORE_BACKEND_RUN_ID": "nightly-7"}, "gc-28861440-3", "nightly-7"),
+        ({"JOB_COMPLETION_INDEX": "3"}, "objstore-gc-28861440-3", "objstore-gc-28861440"),
+        ({"JOB_COMPLETION_INDEX": "3"}, "laptop", None),
+        ({}, "objstore-gc-28861440-3", None),
+    ],
+)
+def test_a_shard_knows_its_run_from_the_env_or_its_kubernetes_job(
+    environ: dict[str, str], hostname: str, run: str | None
+) -> None:
+    assert default_run_id(environ, hostname) == run
