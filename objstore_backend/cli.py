@@ -23,7 +23,7 @@ from objstore_backend.audit import LEVELS, AuditReport, run_audit
 from objstore_backend.codec import COMPRESSIONS
 from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreSettings, parse_storage_options
 from objstore_backend.errors import CorruptObjectError
-from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
+from objstore_backend.gc import GCOptions, GCReport, default_run_id, parse_shard, run_gc
 from objstore_backend.layout import is_hashed, original_key, parse
 from objstore_backend.reconcile import AirflowDBReconciler, create_db_engine
 from objstore_backend.store import ObjectStore, json_text
@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep only shard I of N, a slice of the key space (a Kubernetes Indexed Job runs one per pod)",
     )
     gc.add_argument(
+        "--run-id",
+        default=None,
+        metavar="ID",
+        help="the run this shard belongs to: the shards of one run share one plan, and a shard started again "
+        "skips the units its run swept (default: $OBJSTORE_BACKEND_RUN_ID, else the Kubernetes Job's name)",
+    )
+    gc.add_argument(
         "--list-concurrency",
         type=_option_type(_whole_number_at_least_1),
         default=_env_default("LIST_CONCURRENCY", 4),
@@ -470,6 +477,7 @@ def _gc_options(args: argparse.Namespace) -> GCOptions:
         batched_deletes=args.delete_mode == "batch",
         writers_stopped=args.writers_stopped,
         reconciler=args.reconciler,
+        run_id=args.run_id or default_run_id(),
     )
 
 

@@ -146,7 +146,8 @@ def gc_dag(
 
     @task(map_index_template="{{ shard_label }}", multiple_outputs=False)
     def sweep(shard: int) -> dict[str, Any]:
-        get_current_context()["shard_label"] = f"shard {shard}/{shards}"  # type: ignore[typeddict-unknown-key]
+        context = get_current_context()
+        context["shard_label"] = f"shard {shard}/{shards}"  # type: ignore[typeddict-unknown-key]
         store = _open_store()
         options = GCOptions(
             dry_run=dry_run,
@@ -154,6 +155,7 @@ def gc_dag(
             shard=(shard, shards),
             offload_grace=offload_grace,
             reconciler=_reconciler(airflow_db_conn_id),
+            run_id=f"{context['dag'].dag_id}/{context['run_id']}",  # a retried shard skips what its run swept
         )
         report = run_gc(store, options)
         summary = report.as_dict()

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -31,7 +33,7 @@ from objstore_backend.scan import ScanCounts, Scanned, scan_pages
 from objstore_backend.store import ObjectStore
 from objstore_backend.transports import CHANGED, GONE
 
-__all__ = ["GCOptions", "GCReport", "Reconciler", "parse_shard", "run_gc"]
+__all__ = ["GCOptions", "GCReport", "Reconciler", "default_run_id", "parse_shard", "run_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class GCOptions:
     #: conditional (see :meth:`~objstore_backend.store.ObjectStore.check_guarded`).
     writers_stopped: bool = False
     reconciler: Reconciler | None = None
+    #: The run this shard belongs to: the shards of one run sweep by one plan, and a shard
+    #: started again skips the units its run has swept (see :func:`default_run_id`).
+    run_id: str | None = None
     now: datetime | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +107,7 @@ class GCReport:
     index_hits: int = 0  # objects decided from the index, not read again
     index_damaged: int = 0  # index documents or parts found damaged or foreign: full pass there
     ranges: int = 0  # key ranges this shard listed (one lister each)
+    units_skipped: int = 0  # units its run had swept already (a shard started again)
     seconds: float = 0.0
     dry_run: bool = False
     shard: str = "0/1"
@@ -251,17 +257,48 @@ class _Sweep:
             self.report._error(f"listing {self.store.display_path(cursor.range.after or '')}...: {exc!r}")
 
     async def run(self, fs: Any) -> None:
-        plan, discovery_requests = await self.index.plan(self.store, fs)
+        plan, discovery_requests = await self.index.plan(self.store, fs, self.options.shard[1])
         self.counts.list_requests += discovery_requests
-        listers = plan.lister_groups(plan.shard_units(*self.options.shard), self.options.list_concurrency)
+        units = await self.index.unswept(plan, plan.shard_units(*self.options.shard))
+        self.report.units_skipped = len(plan.shard_units(*self.options.shard)) - len(units)
+        listers = [
+            group
+            for stretch in _stretches(units)
+            for group in plan.lister_groups(stretch, self.options.list_concurrency)
+        ]
         self.report.ranges = len(listers)
-        await asyncio.gather(*(self.sweep_range(fs, self.index.cursor(plan, units)) for units in listers))
+        await asyncio.gather(*(self.sweep_range(fs, self.index.cursor(plan, group)) for group in listers))
         if not self.report.errors:
-            await self.index.settle(plan)
+            self.counts.list_requests += await self.index.settle(plan)
         if self.options.shard[0] == 0:  # one walk of the whole store, not one per shard
             self.report.abandoned_temp_files = await self.store.transport.remove_abandoned(
                 fs, self.store.full_path(""), self.now - ABANDONED_AFTER, dry_run=self.options.dry_run
             )
+
+
+def _stretches(units: list[int]) -> list[range]:
+    """Unit numbers as runs of consecutive ones (each listed from its start to its end)."""
+    stretches: list[range] = []
+    for unit in units:
+        if stretches and stretches[-1].stop == unit:
+            stretches[-1] = range(stretches[-1].start, unit + 1)
+        else:
+            stretches.append(range(unit, unit + 1))
+    return stretches
+
+
+def default_run_id(environ: Mapping[str, str] | None = None, hostname: str | None = None) -> str | None:
+    """The run a shard belongs to when none is given: ``OBJSTORE_BACKEND_RUN_ID``, else, in a
+    Kubernetes Indexed Job (``JOB_COMPLETION_INDEX`` set), the Job's name, which Kubernetes
+    makes the pod's hostname ``<job name>-<index>`` (a CronJob names each run's Job anew)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OBJSTORE_BACKEND_RUN_ID"):
+        return environ["OBJSTORE_BACKEND_RUN_ID"]
+    index = environ.get("JOB_COMPLETION_INDEX")
+    hostname = socket.gethostname() if hostname is None else hostname
+    if index and hostname.endswith(f"-{index}") and len(hostname) > len(index) + 1:
+        return hostname[: -len(index) - 1]
+    return None
 
 
 def run_gc(
@@ -284,7 +321,12 @@ def run_gc(
             report.error_samples.append(f"index (not an error, a full pass there): {message}")
 
     sweep_index = SweepIndex.for_store(
-        store, options.index_url, full=options.full, writable=not options.dry_run, on_damage=damaged
+        store,
+        options.index_url,
+        full=options.full,
+        writable=not options.dry_run,
+        on_damage=damaged,
+        run=options.run_id,
     )
     sweep = _Sweep(store, options, report, progress or (lambda _: None), sweep_index)
     if options.now is not None:

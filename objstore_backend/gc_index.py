@@ -8,8 +8,12 @@ else, so an old, partial or concurrent index costs HEADs, never a wrong delete.
 
 Layout, under the base's :data:`~objstore_backend.layout.RESERVED_PREFIX` (or ``--index``)::
 
-    plan.json                    the units (key ranges) and their weights: objstore_backend.partition
-    units/<id>.json              one unit's manifest: its parts (key range, keys, object, sha256)
+    current.json                 the generation of the plan a new run takes
+    plans/<generation>.json      a plan: units (key ranges) and weights (objstore_backend.partition),
+                                 written once, never rewritten
+    runs/<run>.json              the generation a run (``--run-id``) took: every shard of it takes it
+    units/<id>.json              one unit's manifest: its parts (key range, keys, object, sha256) and
+                                 the run that swept it (a retried shard of that run skips the unit)
     units/<id>/<token>-<n>.gz    a part: sorted lines "key<TAB>etag<TAB>modified<TAB>mode<TAB>expires"
 
 Each unit is read as a stream merged with the sorted listing (one part in memory at a time), and
@@ -18,6 +22,11 @@ carry a format, a version, the base they describe and a sha256; a part's sha256 
 manifest. Anything missing, foreign or damaged is reported and that unit gets a full pass.
 
 Stores whose listing carries the metadata (GCS) keep manifests with counts only, for the plan.
+
+One plan per run: the first shard of a run to start records the current generation for its run
+(a create-only write, so two first shards agree), the others read it, whatever order and time
+they start in. A plan learnt during a run (after its last unit is swept) becomes the current
+generation for the next run. Without a run id, each shard takes the current generation.
 """
 
 from __future__ import annotations
@@ -34,9 +43,10 @@ from typing import Any
 
 import orjson
 
+from objstore_backend.discovery import discover
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.layout import RESERVED_PREFIX
-from objstore_backend.partition import KeyRange, Plan, discover, rebalance, unit_target
+from objstore_backend.partition import KeyRange, Plan, rebalance, unit_target
 from objstore_backend.store import ObjectMetadata, ObjectStore
 from objstore_backend.transports import S3Transport, Transport
 
@@ -117,10 +127,33 @@ class IndexLocation:
             raise IndexDamaged(f"{name}: unreadable body")
         return body
 
-    async def write_document(self, name: str, kind: str, body: dict[str, Any]) -> None:
+    async def write_document(self, name: str, kind: str, body: dict[str, Any], *, create_only: bool = False) -> bool:
+        """Write a document; with ``create_only``, only if there is none (False: there was one).
+        Where the store cannot decide that in the request, a write follows a read."""
         sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         document = {"format": FORMAT, "version": VERSION, "kind": kind, "base": self.base, "sha256": sha256}
-        await self.transport.write(self.fs, self.root + name, orjson.dumps({**document, "body": body}), {})
+        data = orjson.dumps({**document, "body": body})
+        if not create_only:
+            await self.transport.write(self.fs, self.root + name, data, {})
+            return True
+        if not self.transport.supports_create_only:
+            if await self.transport.read(self.fs, self.root + name) is not None:
+                return False
+            await self.transport.write(self.fs, self.root + name, data, {})
+            return True
+        try:
+            await self.transport.write(self.fs, self.root + name, data, {}, create_only=True)
+        except FileExistsError:
+            return False
+        return True
+
+    async def list_older(self, prefix: str, than: datetime) -> tuple[list[str], int]:
+        """The names under ``prefix`` last written before ``than``, and the listing requests."""
+        names, requests = [], 0
+        async for page in self.transport.list_pages(self.fs, self.root + prefix):
+            requests += 1
+            names += [e.path[len(self.root) :] for e in page if e.modified is not None and e.modified < than]
+        return names, max(requests, 1)
 
     async def read_part(self, name: str, sha256: str) -> bytes:
         try:
@@ -152,6 +185,19 @@ def _manifest_name(unit: KeyRange) -> str:
     return f"units/{unit.ident}.json"
 
 
+def _plan_name(generation: int) -> str:
+    return f"plans/{generation:08d}.json"
+
+
+def _run_name(run: str) -> str:
+    """A run id as an object name: hashed, so any id (a Job name, an Airflow run id) will do."""
+    return f"runs/{hashlib.sha256(run.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
+
+
+#: A run's record is dropped once this old: no shard of a run starts this long after the first.
+RUN_RECORDS_KEPT = timedelta(days=7)
+
+
 @dataclass
 class _Part:
     range: KeyRange
@@ -168,11 +214,20 @@ class _Part:
         return cls(KeyRange(after, upto), int(data["count"]), data["name"], data["sha256"])
 
 
-def _parts(body: dict[str, Any], unit: KeyRange, name: str) -> list[_Part]:
+@dataclass
+class _Manifest:
+    parts: list[_Part]
+    run: str | None  # the run that swept the unit, if it had an id
+
+
+def _manifest(body: dict[str, Any], unit: KeyRange, name: str) -> _Manifest:
     try:
         if KeyRange(*body["range"]) != unit:
             raise IndexDamaged(f"{name}: describes {body['range']}, not {unit.as_list()}")
-        return [_Part.from_dict(part) for part in body["parts"]]
+        run = body.get("run")
+        if run is not None and not isinstance(run, str):
+            raise TypeError(f"run {run!r}")
+        return _Manifest([_Part.from_dict(part) for part in body["parts"]], run)
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexDamaged(f"{name}: unreadable parts ({exc!r})") from exc
 
@@ -190,6 +245,8 @@ class SweepIndex:
     full: bool = False
     writable: bool = True
     on_damage: Callable[[str], None] = lambda message: None
+    #: The run this sweep belongs to (its shards share one plan), or ``None``.
+    run: str | None = None
     _token: str = field(default_factory=lambda: secrets.token_hex(6))
 
     @classmethod
@@ -201,68 +258,127 @@ class SweepIndex:
         logger.warning("gc index: %s: a full pass where it applies", error)
         self.on_damage(str(error))
 
-    async def plan(self, store: ObjectStore, fs: Any) -> tuple[Plan, int]:
-        """The stored plan, or a discovery's of ``store`` (stored for the next shards): the plan
-        and the listing requests the discovery took."""
+    async def _read_plan(self, generation: int) -> Plan | None:
+        name = _plan_name(generation)
         try:
-            body = await self.location.read_document("plan.json", "plan")
-            if body is not None:
-                return Plan.from_dict(body), 0
+            body = await self.location.read_document(name, "plan")
+            return None if body is None else Plan.from_dict(body)
         except IndexDamaged as exc:
             self.damaged(exc)
         except (KeyError, TypeError, ValueError) as exc:
-            self.damaged(IndexDamaged(f"plan.json: unreadable ({exc!r})"))
-        plan, requests = await discover(store.transport, fs, store.full_path(""))
-        if self.writable:
-            await self.location.write_document("plan.json", "plan", plan.to_dict())
+            self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
+        return None
+
+    async def _read_generation(self, name: str) -> int | None:
+        try:
+            body = await self.location.read_document(name, "generation")
+            return None if body is None else int(body["generation"])
+        except IndexDamaged as exc:
+            self.damaged(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
+        return None
+
+    async def _create(self, name: str, kind: str, body: dict[str, Any]) -> bool:
+        """Write a document only if there is none yet (False: another shard was first)."""
+        if not self.writable:
+            return True
+        return await self.location.write_document(name, kind, body, create_only=True)
+
+    async def plan(self, store: ObjectStore, fs: Any, shards: int = 1) -> tuple[Plan, int]:
+        """The plan this shard's run sweeps by, and the listing requests it took to learn it.
+
+        A run's recorded generation; else the current one, recorded for the run; else (a first
+        run, or the current plan damaged) a discovery's, stored as the next generation."""
+        if self.run is not None:
+            recorded = await self._read_generation(_run_name(self.run))
+            if recorded is not None and (plan := await self._read_plan(recorded)) is not None:
+                return plan, 0
+        current = await self._read_generation("current.json")
+        plan = None if current is None else await self._read_plan(current)
+        requests = 0
+        if plan is None:
+            generation = 0 if current is None else current + 1
+            plan, requests = await discover(store.transport, fs, store.full_path(""), shards)
+            plan = Plan(plan.bounds, plan.weights, generation=generation)
+            if not await self._create(_plan_name(generation), "plan", plan.to_dict()):
+                plan = await self._read_plan(generation) or plan  # another shard's discovery won
+            await self._write_current(plan.generation)
+        if self.run is not None and not await self._create(
+            _run_name(self.run), "generation", {"generation": plan.generation}
+        ):  # another shard of this run recorded its generation first: take that one
+            recorded = await self._read_generation(_run_name(self.run))
+            if recorded is not None and recorded != plan.generation:
+                plan = await self._read_plan(recorded) or plan
         return plan, requests
 
-    async def manifest(self, unit: KeyRange) -> list[_Part] | None:
-        """A unit's own parts, ``None`` if it has no readable manifest (damage is reported)."""
+    async def _write_current(self, generation: int) -> None:
+        if self.writable:
+            await self.location.write_document("current.json", "generation", {"generation": generation})
+
+    async def manifest(self, unit: KeyRange) -> _Manifest | None:
+        """A unit's manifest, ``None`` if it has no readable one (damage is reported)."""
         name = _manifest_name(unit)
         try:
             body = await self.location.read_document(name, "unit")
-            return None if body is None else _parts(body, unit, name)
+            return None if body is None else _manifest(body, unit, name)
         except IndexDamaged as exc:
             self.damaged(exc)
             return None
 
-    def cursor(self, plan: Plan, units: range) -> UnitCursor:
-        return UnitCursor(self, plan, [plan.units[i] for i in units])
-
-    async def settle(self, plan: Plan) -> None:
-        """After a shard's sweep: once every unit has its own manifest (the whole key space has
-        been swept), drop what only the previous plan's units used, and rebalance if need be.
-
-        Every shard checks; the plan changes only after a complete sweep, and every shard that
-        sees it complete writes the same plan.
-        """
-        if not self.writable:
-            return
+    async def _manifests(self, units: list[KeyRange]) -> list[_Manifest | None]:
         reading = asyncio.Semaphore(16)
 
-        async def bounded(unit: KeyRange) -> list[_Part] | None:
+        async def bounded(unit: KeyRange) -> _Manifest | None:
             async with reading:
                 return await self.manifest(unit)
 
-        manifests = await asyncio.gather(*(bounded(unit) for unit in plan.units))
-        if any(parts is None for parts in manifests):
-            return  # some units not swept yet (other shards still running, or failed)
-        pieces = [(part.range, part.count) for parts in manifests for part in parts or []]
-        counts = [sum(part.count for part in parts or []) for parts in manifests]
-        target = unit_target(sum(counts))
+        return await asyncio.gather(*(bounded(unit) for unit in units))
+
+    async def unswept(self, plan: Plan, units: range) -> list[int]:
+        """The units of ``units`` this run has not swept yet (all of them without a run id)."""
+        if self.run is None or not self.writable:
+            return list(units)
+        manifests = await self._manifests([plan.units[i] for i in units])
+        return [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.run]
+
+    def cursor(self, plan: Plan, units: range) -> UnitCursor:
+        return UnitCursor(self, plan, [plan.units[i] for i in units])
+
+    async def settle(self, plan: Plan) -> int:
+        """After a shard's sweep: once every unit has been swept (by this run, with a run id),
+        drop what only the previous plan's units used, make the next run's plan if the units
+        are out of balance, and drop run records a week old. Returns the listing requests made.
+
+        Every shard checks; only a shard that sees the sweep complete does anything.
+        """
+        if not self.writable:
+            return 0
+        found = await self._manifests(plan.units)
+        manifests = [manifest for manifest in found if manifest is not None]
+        if len(manifests) < len(found) or any(self.run is not None and m.run != self.run for m in manifests):
+            return 0  # some units not swept yet (other shards still running, or failed)
+        pieces = [(part.range, part.count) for manifest in manifests for part in manifest.parts]
+        counts = [sum(part.count for part in manifest.parts) for manifest in manifests]
         current = {unit.ident for unit in plan.units}
-        stale = [unit for unit in plan.previous_units if unit.ident not in current]
-        for unit in stale:
-            old = await self.manifest(unit)
-            await self.location.delete([p.name for p in old or [] if p.name] + [_manifest_name(unit)])
-        if not plan.observed or max(counts) > 2 * target:
+        for unit in plan.previous_units:
+            if unit.ident not in current and (old := await self.manifest(unit)) is not None:
+                await self.location.delete([p.name for p in old.parts if p.name] + [_manifest_name(unit)])
+        if not plan.observed or max(counts) > 2 * unit_target(sum(counts)):
             new = rebalance(pieces, plan)
-            logger.info("gc index: rebalanced %d units into %d", len(plan.units), len(new.units))
-            await self.location.write_document("plan.json", "plan", new.to_dict())
-        elif plan.previous is not None:
-            settled = Plan(plan.bounds, plan.weights, plan.observed, plan.part_size, plan.generation)
-            await self.location.write_document("plan.json", "plan", settled.to_dict())
+            logger.info("gc index: the next run's plan: %d units rebalanced into %d", len(plan.units), len(new.units))
+            await self._create(_plan_name(new.generation), "plan", new.to_dict())
+            await self._write_current(new.generation)
+            if plan.generation > 0:
+                await self.location.delete([_plan_name(plan.generation - 1)])
+        return await self._forget_old_runs()
+
+    async def _forget_old_runs(self) -> int:
+        """Delete run records older than :data:`RUN_RECORDS_KEPT`; the listing requests made."""
+        old = datetime.now(timezone.utc) - RUN_RECORDS_KEPT
+        names, requests = await self.location.list_older("runs/", old)
+        await self.location.delete(names)
+        return requests
 
 
 class _UnitReader:
@@ -280,16 +396,16 @@ class _UnitReader:
     async def load(self) -> None:
         """Read the manifests (small); parts are read when the listing reaches them."""
         self._loaded = True
-        self.own = await self.index.manifest(self.unit)
+        found = await self.index.manifest(self.unit)
+        self.own = None if found is None else found.parts
         if self.index.full or not self.index.entries:
             return
         if self.own is not None:
             self._sources = list(self.own)
             return
         for previous in self.plan.previous_units:  # the unit is new since a rebalance
-            if previous.overlaps(self.unit):
-                parts = await self.index.manifest(previous)
-                self._sources += [p for p in parts or [] if p.range.overlaps(self.unit)]
+            if previous.overlaps(self.unit) and (old := await self.index.manifest(previous)) is not None:
+                self._sources += [p for p in old.parts if p.range.overlaps(self.unit)]
 
     async def _next_line(self) -> bytes | None:
         while self._at >= len(self._lines):
@@ -367,7 +483,7 @@ class _UnitWriter:
     async def publish(self, replaced: list[_Part] | None) -> None:
         """Write the last part and the manifest, then drop the parts of the manifest replaced."""
         await self._flush(self.unit.upto)
-        body = {"range": self.unit.as_list(), "parts": [part.as_dict() for part in self.parts]}
+        body = {"range": self.unit.as_list(), "parts": [part.as_dict() for part in self.parts], "run": self.index.run}
         await self.index.location.write_document(_manifest_name(self.unit), "unit", body)
         mine = {part.name for part in self.parts}
         await self.index.location.delete([p.name for p in replaced or [] if p.name and p.name not in mine])

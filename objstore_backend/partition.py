@@ -4,14 +4,14 @@ A :class:`KeyRange` holds the keys ``k`` (relative to the base) with ``after < k
 S3's ``StartAfter`` starts a range exactly where the previous one ends. A :class:`Plan` cuts the
 whole key space into *units* at its bounds; every key, foreign ones included, falls in exactly
 one unit. Shard ``I/N`` owns a contiguous run of units, balanced by their weights (the keys the
-last sweep saw in each, or 1 each after a discovery), and its listers each list a contiguous run
+last sweep saw in each, or a discovery's estimates), and its listers each list a contiguous run
 of the shard's units in one listing, so N shards together list the bucket about once.
 
-A first plan comes from a discovery (delimiter listings of the layout's top levels: one unit per
-DAG); later plans from what a sweep observed (:func:`rebalance`), which splits a large DAG into
-units of about :func:`unit_target` keys, so shards stay balanced on a skewed bucket. Every shard
-computes the same ranges from the same plan: the plan only changes after a complete sweep
-(see :mod:`objstore_backend.gc_index`).
+A first plan comes from a discovery (:mod:`objstore_backend.discovery`); later plans from what a
+sweep observed
+(:func:`rebalance`), which cuts units of about :func:`unit_target` counted keys. Every shard
+computes the same ranges from the same plan: every shard of a run uses the plan the run began
+with, and a new plan takes effect from the next run (see :mod:`objstore_backend.gc_index`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from objstore_backend.layout import RESERVED_PREFIX
+__all__ = ["KeyRange", "Plan", "balanced_cuts", "rebalance", "unit_target"]
 
-__all__ = ["KeyRange", "Plan", "balanced_cuts", "discover", "rebalance", "unit_target"]
-
-#: A discovery makes at most this many units (evenly chosen among the DAG prefixes).
-MAX_DISCOVERED_UNITS = 256
 #: A lister gets at least this many keys (ten listing pages) when the weights are key counts.
 MIN_KEYS_PER_LISTER = 10_000
 
@@ -165,27 +161,6 @@ class Plan:
             int(data["generation"]),
             None if previous is None else tuple(previous),
         )
-
-
-async def discover(transport: Any, fs: Any, base: str) -> tuple[Plan, int]:
-    """A first plan from delimiter listings of the layout's top levels: one unit per DAG.
-
-    ``base`` is the store's full base path (ending in ``/``). A few listing requests (returned
-    with the plan): the top level, and the DAG prefixes under ``task/``. The weights are unknown
-    (1 each) until a sweep has counted the keys.
-    """
-    top, requests = await transport.list_prefixes(fs, base, max_pages=1)
-    found = [path[len(base) :] for path in top]
-    if "task/" in found:
-        dags, more = await transport.list_prefixes(fs, base + "task/", max_pages=2)
-        found = [b for b in found if b != "task/"] + [path[len(base) :] for path in dags]
-        requests += more
-    # the smallest prefix starts no unit: what sorts before the second one is the first unit
-    bounds = sorted({b for b in found if not b.startswith(RESERVED_PREFIX)})[1:]
-    if len(bounds) >= MAX_DISCOVERED_UNITS:
-        step = len(bounds) / (MAX_DISCOVERED_UNITS - 1)
-        bounds = sorted({bounds[int(k * step)] for k in range(MAX_DISCOVERED_UNITS - 1)})
-    return Plan(tuple(bounds), (1,) * (len(bounds) + 1)), requests
 
 
 def rebalance(pieces: Sequence[tuple[KeyRange, int]], previous: Plan) -> Plan:

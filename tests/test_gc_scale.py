@@ -6,7 +6,10 @@ objects stand in for millions: what is asserted are ratios and counts per change
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,11 +21,12 @@ from airflow.sdk.state import TaskScope
 from objstore_backend import cli
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
-from objstore_backend.gc import GCOptions, GCReport, run_gc
+from objstore_backend.discovery import discover, discovery_budget
+from objstore_backend.gc import GCOptions, GCReport, default_run_id, run_gc
 from objstore_backend.gc_index import _UnitWriter
 from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
 from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
-from objstore_backend.store import ObjectStore
+from objstore_backend.store import ObjectMetadata, ObjectStore
 
 NOW = datetime.now(timezone.utc)
 SOON = NOW + timedelta(hours=1)
@@ -267,3 +271,157 @@ def test_the_command_validates_and_reports_the_new_fields(
         "ranges": 1,
     }
     assert summary["list_requests"] >= 1
+
+
+def one_run_holds_half(total: int) -> list[str]:
+    """Keys where one DAG run (a task mapped 250 ways) holds half, twelve small DAGs the rest."""
+    keys = [f"task/etl/manual__1/t{i % 4}/{i // 4 % 250}/k{i}" for i in range(total // 2)]
+    keys += [f"task/dag{i % 12:02}/run{i // 120:03}/t{i % 3}/-1/k{i}" for i in range(total - len(keys))]
+    return keys
+
+
+def seed(store: ObjectStore, keys: list[str]) -> None:
+    metadata = ObjectMetadata("primary", LATER)
+
+    async def write_all() -> None:
+        semaphore = asyncio.Semaphore(32)
+
+        async def one(key: str) -> None:
+            async with semaphore:
+                await store.awrite(key, b"1", metadata)
+
+        await asyncio.gather(*(one(key) for key in keys))
+
+    asyncio.run(write_all())
+
+
+def shard_order(order: str, shards: int) -> list[int]:
+    forward = list(range(shards))
+    return {"forward": forward, "reverse": forward[::-1], "interleaved": forward[::2] + forward[1::2]}[order]
+
+
+@pytest.mark.parametrize(("shards", "order"), [(4, "forward"), (8, "reverse"), (16, "interleaved")])
+def test_the_first_run_balances_a_bucket_where_one_dag_run_holds_half_the_keys(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, shards: int, order: str
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    moto_server.log.clear()
+    reports = {i: run_gc(store, GCOptions(shard=(i, shards), concurrency=16)) for i in shard_order(order, shards)}
+    heads = Counter(path for method, path, _ in moto_server.log.snapshot() if method == "HEAD")
+    sizes = [r.scanned for r in reports.values()]
+    assert sum(sizes) == len(keys) and sum(r.errors for r in reports.values()) == 0
+    assert len(heads) == len(keys) and set(heads.values()) == {1}  # every key read once, by one shard
+    assert max(sizes) <= 1.5 * len(keys) / shards, sizes
+    pages = 2  # one listing of 1,600 keys
+    assert moto_server.log.by_kind()["LIST"] == sum(r.list_requests for r in reports.values())
+    assert sum(r.list_requests for r in reports.values()) <= 1.25 * pages + 3 * shards
+
+
+@pytest.mark.parametrize("store_kind", ["local", "gcs"])
+@pytest.mark.parametrize("shards", [4, 8, 16])
+def test_the_first_plan_is_balanced_on_gcs_and_the_local_disk_too(
+    store_location: tuple[str, dict[str, Any]], shards: int
+) -> None:
+    url, options = store_location
+    store = ObjectStore(url, options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    plan, requests = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), shards))
+    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
+    sizes = [sum(per_unit[u] for u in plan.shard_units(i, shards)) for i in range(shards)]
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / shards, sizes
+    assert requests <= discovery_budget(shards)
+
+
+def _heads(moto: Any) -> Counter[str]:
+    return Counter(path for method, path, _ in moto.log.snapshot() if method == "HEAD")
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "interleaved"])
+def test_the_shards_of_one_run_share_its_plan_and_a_late_shard_scans_nothing_again(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, order: str
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    moto_server.log.clear()
+    first = {i: run_gc(store, GCOptions(shard=(i, 4), run_id="night-1")) for i in shard_order(order, 4)}
+    # the run's last shard found the sweep complete and made the next run's plan; a shard of
+    # the same run started after all its siblings (a retry, a late pod) still sweeps by the
+    # run's plan, and its units are swept already
+    late = run_gc(store, GCOptions(shard=(2, 4), run_id="night-1"))
+    assert (late.scanned, late.metadata_reads, late.errors) == (0, 0, 0) and late.units_skipped > 0
+    assert sum(r.scanned for r in first.values()) == len(keys)
+    assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+    generations = [p for p in store.fs.find(store.full_path(RESERVED_PREFIX + "plans/"))]
+    assert len(generations) == 2  # the run's plan and the next run's, learnt from its counts
+
+    # the next run takes the new plan: balanced on the counts, every key once again
+    moto_server.log.clear()
+    second = [run_gc(store, GCOptions(shard=(i, 4), run_id="night-2", full=True)) for i in (3, 1, 0, 2)]
+    sizes = [r.scanned for r in second]
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.1 * len(keys) / 4, sizes
+    assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+
+
+def test_a_shard_retried_after_a_failure_mid_sweep_skips_what_its_run_swept(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(1600)
+    seed(store, keys)
+    published: list[str] = []
+    publish = _UnitWriter.publish
+
+    async def dies_after_two_units(self: _UnitWriter, replaced: Any) -> None:
+        if len(published) == 2:
+            raise OSError("killed")
+        await publish(self, replaced)
+        published.append(self.unit.ident)
+
+    moto_server.log.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(_UnitWriter, "publish", dies_after_two_units)
+        failed = run_gc(store, GCOptions(shard=(0, 2), run_id="night-1", list_concurrency=1))
+    assert failed.errors == 1 and len(published) == 2
+    before = set(_heads(moto_server))
+    moto_server.log.clear()
+    retried = run_gc(store, GCOptions(shard=(0, 2), run_id="night-1", list_concurrency=1))
+    other = run_gc(store, GCOptions(shard=(1, 2), run_id="night-1"))
+    again = set(_heads(moto_server))
+    assert retried.errors == other.errors == 0 and retried.units_skipped == 2
+    assert before | again == {f"/{s3_bucket}/state/{key}" for key in keys}  # every key swept by the run
+    assert retried.scanned + other.scanned < len(keys)  # the two units swept before the failure: not again
+    assert len(before & again) <= 1000  # only what the failure cut short (one listing page) is read twice
+
+
+def test_a_damaged_plan_or_run_record_means_a_new_plan_never_a_wrong_delete(
+    s3_bucket: str, s3_options: dict[str, Any]
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(400)
+    seed(store, keys)
+    run_gc(store, GCOptions(shard=(0, 2), run_id="night-1"))
+    root = store.full_path(RESERVED_PREFIX)
+    for name in [*store.fs.find(root + "plans/"), *store.fs.find(root + "runs/"), root + "current.json"]:
+        store.fs.pipe_file(name, b'{"format": "objstore-backend-gc-index", "version": 99}')
+    reports = [run_gc(store, GCOptions(shard=(i, 2), run_id="night-1", now=NEXT_NIGHT)) for i in (1, 0)]
+    assert all(r.index_damaged >= 1 and r.errors == 0 for r in reports)
+    assert sum(r.deleted for r in reports) == 0 and sum(r.live for r in reports) >= len(keys) // 2
+
+
+@pytest.mark.parametrize(
+    ("environ", "hostname", "run"),
+    [
+        ({"OBJSTORE_BACKEND_RUN_ID": "nightly-7"}, "gc-28861440-3", "nightly-7"),
+        ({"JOB_COMPLETION_INDEX": "3"}, "objstore-gc-28861440-3", "objstore-gc-28861440"),
+        ({"JOB_COMPLETION_INDEX": "3"}, "laptop", None),
+        ({}, "objstore-gc-28861440-3", None),
+    ],
+)
+def test_a_shard_knows_its_run_from_the_env_or_its_kubernetes_job(
+    environ: dict[str, str], hostname: str, run: str | None
+) -> None:
+    assert default_run_id(environ, hostname) == run
