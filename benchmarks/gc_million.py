@@ -155,7 +155,10 @@ def sweep(server: CountingMotoServer, shards: int, extra: list[str]) -> dict[str
     env = {
         **os.environ,
         "OBJSTORE_BACKEND_PATH": f"s3://{BUCKET}/{BASE}",
-        "OBJSTORE_BACKEND_STORAGE_OPTIONS": json.dumps({**S3_OPTIONS, "endpoint_url": server.endpoint_url}),
+        # a long read timeout: moto takes seconds a page at this size, and queues the listers' pages
+        "OBJSTORE_BACKEND_STORAGE_OPTIONS": json.dumps(
+            {**S3_OPTIONS, "endpoint_url": server.endpoint_url, "config_kwargs": {"read_timeout": 900}}
+        ),
     }
     server.log.clear()
     load = os.getloadavg()[0]
