@@ -25,15 +25,9 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from _servers import REPO, S3_OPTIONS, counts, moto_server, s3_client
+from _skew import skewed_path
 
 from objstore_backend.store import ObjectMetadata, ObjectStore
-
-
-def layout_key(i: int, total: int) -> str:
-    """Half the keys in DAG ``big`` (50 keys a run), the rest over 40 small DAGs."""
-    if i < total // 2:
-        return f"task/big/run{i // 50:06}/t{i % 5}/{i % 10}/k{i}"
-    return f"task/dag{i % 40:02}/run{i // 400:05}/t/-1/k{i}"
 
 
 def write(store: ObjectStore, indices: list[int], total: int, expires_at: datetime) -> None:
@@ -44,7 +38,7 @@ def write(store: ObjectStore, indices: list[int], total: int, expires_at: dateti
 
         async def one(i: int) -> None:
             async with semaphore:
-                await store.awrite(layout_key(i, total), b'{"v": 1}', metadata)
+                await store.awrite(skewed_path(i, total), b'{"v": 1}', metadata)
 
         await asyncio.gather(*(one(i) for i in indices))
 
