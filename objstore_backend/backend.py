@@ -29,6 +29,7 @@ from objstore_backend.errors import RefusedReferenceError, StateObjectMissingErr
 from objstore_backend.layout import ScopeKind, object_path, parse, recorded_key, scope_prefix
 from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
+from objstore_backend.store_metrics import measured
 
 if TYPE_CHECKING:
     import fsspec
@@ -189,6 +190,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
             return None
         return json_text(found.body, self.store.display_path(path))
 
+    @measured("get", "primary")
     def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
@@ -199,6 +201,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc), key=recorded_key(key))
         return compress(body, self.settings.compression), metadata
 
+    @measured("set", "primary")
     def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
@@ -206,19 +209,23 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if source is None or not self.store.adopt(source, path, _adopted(expires_at, source, path, key)):
             self.store.write(path, *self._primary_object(body, expires_at, key))
 
+    @measured("delete", "primary")
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
         self.store.delete(object_path(scope, key))
 
+    @measured("clear", "primary")
     def clear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
         # docstring inherited
         self.store.clear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
 
+    @measured("get", "primary")
     async def aget(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
         return self._primary_answer(path, self._adopted_as_ref(path, await self.store.aread(path)))
 
+    @measured("set", "primary")
     async def aset(
         self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
     ) -> None:
@@ -228,6 +235,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if source is None or not await self.store.aadopt(source, path, _adopted(expires_at, source, path, key)):
             await self.store.awrite(path, *self._primary_object(body, expires_at, key))
 
+    @measured("set", "primary")
     async def awrite_value(self, scope: Any, key: str, value: str, *, expires_at: datetime | None) -> None:
         """Store ``value`` as it is, never adopting: a value shaped like a worker's reference that
         someone typed (the plugin's PUT) must not copy another asset's or task's object in."""
@@ -235,10 +243,12 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
             object_path(scope, key), *self._primary_object(validate_json_text(value), expires_at, key)
         )
 
+    @measured("delete", "primary")
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
         await self.store.adelete(object_path(scope, key))
 
+    @measured("clear", "primary")
     async def aclear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
         # docstring inherited
         await self.store.aclear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
@@ -266,6 +276,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
 
     # -- offload mode: the worker's hooks ---------------------------------------------------
 
+    @measured("set", "offload")
     def _to_ref(self, value: Any, key: str, scope: Any) -> str:
         body = encode_json(value)
         if len(body) < self.settings.threshold_bytes:
@@ -278,6 +289,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         )
         return OBJECT_REF_PREFIX + path
 
+    @measured("get", "offload")
     def _from_ref(self, stored: str) -> Any:
         """The value behind ``stored``; inside a task, only if it names the accessor's own key's object."""
         if stored.startswith(INLINE_REF_PREFIX):

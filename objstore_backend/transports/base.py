@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from objstore_backend.errors import StoreAccessDenied, StoreError, StoreThrottled
+from objstore_backend.store_metrics import note_retry
 
 __all__ = [
     "CHANGED",
@@ -330,6 +331,7 @@ class Transport(ABC):
                         describe_cause(exc),
                         delay,
                     )
+                    note_retry()
                     await asyncio.sleep(delay)
                     continue
                 translated = translate_error(exc, action, self.display(path), tries - 1 + self.client_attempts(exc))
