@@ -27,6 +27,7 @@ from objstore_backend.codec import compress, decode_json, encode_json, validate_
 from objstore_backend.config import KEYS, SECTION, StoreSettings
 from objstore_backend.errors import RefusedReferenceError, StateObjectMissingError, StoreError
 from objstore_backend.layout import ScopeKind, object_path, parse, recorded_key, scope_prefix
+from objstore_backend.metrics import Metrics
 from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
 from objstore_backend.store_metrics import measured
@@ -137,17 +138,25 @@ def is_live_in_primary(metadata: ObjectMetadata) -> bool:
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
     """Airflow task and asset state in object storage, one JSON object per key.
 
-    Airflow constructs it with no arguments: the settings then come from airflow.cfg.
-    Pass :class:`~objstore_backend.config.StoreSettings` (and optionally a ready fsspec
-    ``filesystem``) to construct it in plain Python.
+    Airflow constructs it with no arguments: the settings then come from airflow.cfg, and each
+    operation reports to the process's metrics (Airflow's ``[metrics]``, see
+    :mod:`objstore_backend.store_metrics`). Pass :class:`~objstore_backend.config.StoreSettings`
+    (and optionally a ready fsspec ``filesystem``, or the ``metrics`` to report to) to construct
+    it in plain Python.
     """
 
     def __init__(
-        self, settings: StoreSettings | None = None, *, filesystem: fsspec.AbstractFileSystem | None = None
+        self,
+        settings: StoreSettings | None = None,
+        *,
+        filesystem: fsspec.AbstractFileSystem | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings if settings is not None else settings_from_airflow()
         url, options = self.settings.resolve() if filesystem is None else (self.settings.path, {})
         self.store = ObjectStore(url, options, filesystem=filesystem)
+        #: where the operations report; ``None``: the process's (looked up per call, built once)
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.store.url!r})"

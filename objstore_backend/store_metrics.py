@@ -110,13 +110,15 @@ class _Measuring:
             self.metrics.incr(f"{stat}.errors", tags={**tags, "kind": error_kind(exc)})
 
 
-def _reporting(metrics: Metrics) -> bool:
-    """Whether metrics are on: the base class reports nowhere."""
-    return type(metrics) is not Metrics
+def _reporting_to(backend: Any) -> Metrics | None:
+    """Where ``backend`` reports, ``None`` with metrics off (the base class reports nowhere)."""
+    metrics: Metrics = backend.metrics if backend.metrics is not None else for_process()
+    return None if type(metrics) is Metrics else metrics
 
 
 def measured(operation: Operation, mode: Mode) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
-    """Report each call of the decorated backend method (sync or async) as ``operation`` in ``mode``."""
+    """Report each call of the decorated backend method (sync or async; its ``self`` has ``metrics``)
+    as ``operation`` in ``mode``."""
 
     def decorate(method: Callable[_P, _T]) -> Callable[_P, _T]:
         if inspect.iscoroutinefunction(method):
@@ -124,8 +126,8 @@ def measured(operation: Operation, mode: Mode) -> Callable[[Callable[_P, _T]], C
 
             @functools.wraps(method)
             async def measured_coroutine(*args: _P.args, **kwargs: _P.kwargs) -> Any:
-                metrics = for_process()
-                if not _reporting(metrics):
+                metrics = _reporting_to(args[0])
+                if metrics is None:
                     return await coroutine(*args, **kwargs)
                 with _Measuring(metrics, operation, mode):
                     return await coroutine(*args, **kwargs)
@@ -134,8 +136,8 @@ def measured(operation: Operation, mode: Mode) -> Callable[[Callable[_P, _T]], C
 
         @functools.wraps(method)
         def measured_call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            metrics = for_process()
-            if not _reporting(metrics):
+            metrics = _reporting_to(args[0])
+            if metrics is None:
                 return method(*args, **kwargs)
             with _Measuring(metrics, operation, mode):
                 return method(*args, **kwargs)

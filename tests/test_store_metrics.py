@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from airflow.sdk.state import AssetScope, TaskScope
 
-from objstore_backend import store_metrics
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StateObjectMissingError, StoreThrottled
@@ -52,20 +51,19 @@ class Recorded(Metrics):
 
 
 @pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
-    sink = Recorded()
-    monkeypatch.setattr(store_metrics, "for_process", lambda: sink)
-    yield sink
+def recorded() -> Recorded:
+    return Recorded()
 
 
-def s3_backend(bucket: str, options: dict[str, Any], **settings: Any) -> ObjectStoreBackend:
-    return ObjectStoreBackend(StoreSettings(path=f"s3://{bucket}/state", storage_options=options, **settings))
+def s3_backend(bucket: str, options: dict[str, Any], metrics: Metrics, **settings: Any) -> ObjectStoreBackend:
+    settings = StoreSettings(path=f"s3://{bucket}/state", storage_options=options, **settings)
+    return ObjectStoreBackend(settings, metrics=metrics)
 
 
 def test_each_operation_is_counted_timed_and_its_bytes_added_up(
     recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any], moto_server: Any
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_options)
+    backend = s3_backend(s3_bucket, s3_options, recorded)
     moto_server.log.clear()
     backend.set(TASK, "k", VALUE)
     assert backend.get(TASK, "k") == VALUE
@@ -117,7 +115,7 @@ def test_each_operation_is_counted_timed_and_its_bytes_added_up(
 def test_an_inline_offload_value_reads_and_writes_no_bytes(
     recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any]
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_options, threshold_bytes=1024)
+    backend = s3_backend(s3_bucket, s3_options, recorded, threshold_bytes=1024)
     ref = backend.serialize_task_state_store_to_ref(value=[1], key="k", scope=TASK)
     assert backend.deserialize_task_state_store_from_ref(ref) == [1]
     assert recorded.store_counters() == {"store.set{mode=offload}": 1, "store.get{mode=offload}": 1}
@@ -126,13 +124,13 @@ def test_an_inline_offload_value_reads_and_writes_no_bytes(
 def test_errors_are_counted_by_kind_and_raised_unchanged(
     recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any], s3_client: Any
 ) -> None:
-    missing_bucket = s3_backend("no-such-bucket-here", s3_options)
+    missing_bucket = s3_backend("no-such-bucket-here", s3_options, recorded)
     with pytest.raises(BucketNotFoundError):
         missing_bucket.get(TASK, "k")
     with pytest.raises(BucketNotFoundError):
         missing_bucket.set(TASK, "k", "1")
 
-    backend = s3_backend(s3_bucket, s3_options)
+    backend = s3_backend(s3_bucket, s3_options, recorded)
     with pytest.raises(StateObjectMissingError):
         backend.deserialize_task_state_store_from_ref("objstore:" + object_path(TASK, "gone"))
 
@@ -160,7 +158,7 @@ def test_a_lasting_fault_counts_the_policys_retries_and_the_error_kind(
     s3_fault_options: dict[str, Any],
     s3_fault_proxy: CountingProxy,
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_fault_options)  # 5 attempts
+    backend = s3_backend(s3_bucket, s3_fault_options, recorded)  # 5 attempts
     rule = s3_fault_proxy.inject(fault, when=lambda r: r.method == "PUT")
     with pytest.raises(StoreThrottled if kind == "throttled" else OSError) as failure:
         backend.set(TASK, "k", VALUE)
@@ -178,7 +176,7 @@ def test_retries_are_attributed_to_the_operation_that_made_them(
     recorded: Recorded, s3_bucket: str, s3_fault_options: dict[str, Any], s3_fault_proxy: CountingProxy
 ) -> None:
     """A passing fault on the set's requests, a get running beside it on the same loop: the set's."""
-    backend = s3_backend(s3_bucket, s3_fault_options)
+    backend = s3_backend(s3_bucket, s3_fault_options, recorded)
     backend.set(TASK, "read-me", VALUE)
     rule = s3_fault_proxy.inject("503", when=lambda r: r.method == "PUT", times=2)
 
@@ -199,7 +197,8 @@ def test_azure_server_busy_is_throttled(
 ) -> None:
     """Azure says it with its own code: 503 ``ServerBusy``."""
     options = {**azure_fault_options, "retry": {"attempts": 3, "base_delay": 0.01}}
-    backend = ObjectStoreBackend(StoreSettings(path=f"abfs://{azure_container}/state", storage_options=options))
+    settings = StoreSettings(path=f"abfs://{azure_container}/state", storage_options=options)
+    backend = ObjectStoreBackend(settings, metrics=recorded)
     azure_fault_proxy.inject("503", when=lambda r: r.method == "PUT")
     with pytest.raises(StoreThrottled, match=r"ServerBusy \(HTTP 503\)"):
         backend.set(TASK, "k", VALUE)
