@@ -7,7 +7,9 @@ datagram when the client batches) and keeps them in arrival order.
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -107,3 +109,23 @@ def statsd_listener() -> Iterator[StatsdListener]:
     listener = StatsdListener().start()
     yield listener
     listener.stop()
+
+
+def _serve() -> None:
+    """``python -m tests.statsd_listener``: listen in a process of its own (the benchmarks' way, so
+    receiving never competes with the measured client); print ``serving udp://HOST:PORT``, and on
+    SIGTERM ``received N`` (metric lines)."""
+    listener = StatsdListener().start()
+
+    def finish(*_: object) -> None:
+        listener.stop()
+        print(f"received {len(listener.metrics())}", flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, finish)
+    print(f"serving udp://{listener.host}:{listener.port}", flush=True)
+    signal.pause()
+
+
+if __name__ == "__main__":
+    _serve()
