@@ -21,7 +21,7 @@ from objstore_backend.metrics_settings import MetricsSettings
 
 __all__ = ["AirflowStatsSink", "OTelSink", "Sink", "StatsDSink", "tag_suffix"]
 
-logger = logging.getLogger("objstore_backend.metrics")
+logger = logging.getLogger(__name__)
 
 NAMESPACE = "objstore_backend."
 #: How long the last export may take when the process ends (a CronJob's pod exits right after).
@@ -148,13 +148,14 @@ class OTelSink(Sink):
 
     def __init__(self, settings: MetricsSettings) -> None:
         super().__init__(settings)
+        from opentelemetry.exporter.otlp.proto.http import metric_exporter
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
         sink = self
-        exporter_logger = logging.getLogger(OTLPMetricExporter.__module__)
+        exporter_logger = metric_exporter._logger  # its retries and failure, told once by fail() instead
         if not any(isinstance(existing, _CaptureExporterLog) for existing in exporter_logger.filters):
             exporter_logger.addFilter(_CaptureExporterLog())
 
