@@ -2,7 +2,8 @@
 
 As Airflow's own tests of its StatsD logger do, the metrics go over real UDP; the listener parses
 each line of each datagram (``name:value|type[|@rate][|#tag:value,...]``, several lines per
-datagram when the client batches) and keeps them in arrival order.
+datagram when the client batches) and keeps them in arrival order. The ``statsd_listener`` fixture
+(tests/conftest.py) gives each test one.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pytest
-
-__all__ = ["StatsdListener", "StatsdMetric", "statsd_listener"]
+__all__ = ["StatsdListener", "StatsdMetric"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,9 @@ class StatsdListener:
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.1)
         self.host, self.port = self._socket.getsockname()
-        self.received: list[StatsdMetric] = []
+        self._lines: list[str] = []
+        self._taken = 0  # how many of them lines() has handed out
+        self._last_arrival = time.monotonic()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._receive, daemon=True)
@@ -69,18 +70,31 @@ class StatsdListener:
                 datagram = self._socket.recv(65535)
             except TimeoutError:
                 continue
-            metrics = [StatsdMetric.parse(line) for line in datagram.decode().splitlines() if line]
             with self._lock:
-                self.received += metrics
+                self._lines += [line for line in datagram.decode().splitlines() if line]
+                self._last_arrival = time.monotonic()
 
     def metrics(self) -> list[StatsdMetric]:
         """What arrived so far, in order."""
         with self._lock:
-            return list(self.received)
+            return [StatsdMetric.parse(line) for line in self._lines]
+
+    def lines(self, quiet: float = 0.3) -> list[str]:
+        """The lines, as sent, that arrived since the last call, once none arrived for ``quiet``
+        seconds (the senders have exited: what they sent is in flight or in the socket's buffer)."""
+        called = time.monotonic()
+        while True:
+            with self._lock:
+                remaining = max(self._last_arrival, called) + quiet - time.monotonic()
+                if remaining <= 0:
+                    taken, self._taken = self._lines[self._taken :], len(self._lines)
+                    return taken
+            time.sleep(remaining)
 
     def clear(self) -> None:
         with self._lock:
-            self.received.clear()
+            self._lines.clear()
+            self._taken = 0
 
     def counters(self, prefix: str = "") -> Counter[str]:
         """The sum of each counter whose name starts with ``prefix``, by name (the prefix cut off)."""
@@ -101,14 +115,6 @@ class StatsdListener:
             if time.monotonic() > deadline:
                 raise AssertionError(f"not received within {timeout} s; received: {self.metrics()}")
             time.sleep(0.02)
-
-
-@pytest.fixture
-def statsd_listener() -> Iterator[StatsdListener]:
-    """A StatsD listener on a free loopback UDP port, for one test."""
-    listener = StatsdListener().start()
-    yield listener
-    listener.stop()
 
 
 def _serve() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.metrics import GC_GAUGES
 from tests.servers import free_port
+from tests.statsd_listener import StatsdListener
 
 OBJSTORE_BACKEND = str(Path(sys.executable).with_name("objstore-backend"))
 PAST = datetime.now(timezone.utc) - timedelta(minutes=5)
@@ -39,25 +39,6 @@ AUDIT_TOTALS = {
     "audit.expired_backlog_keys": lambda inventory: inventory["expired_backlog"]["keys"],
     "audit.expired_backlog_bytes": lambda inventory: inventory["expired_backlog"]["bytes"],
 }
-
-
-class StatsDListener:
-    """A UDP socket on a free loopback port; the kernel keeps the datagrams until they are read."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.port = self.socket.getsockname()[1]
-
-    def lines(self, quiet: float = 0.3) -> list[str]:
-        """Every line received so far (the senders have exited)."""
-        self.socket.settimeout(quiet)
-        lines = []
-        try:
-            while True:
-                lines += self.socket.recv(65535).decode().splitlines()
-        except TimeoutError:
-            return lines
 
 
 class OTLPReceiver:
@@ -103,13 +84,6 @@ class OTLPReceiver:
 
 
 @pytest.fixture
-def statsd() -> Iterator[StatsDListener]:
-    listener = StatsDListener()
-    yield listener
-    listener.socket.close()
-
-
-@pytest.fixture
 def otlp() -> Iterator[OTLPReceiver]:
     receiver = OTLPReceiver()
     yield receiver
@@ -138,7 +112,7 @@ def run_command(home: Path, *argv: str, **env: str) -> tuple[int, Any, str]:
     return ran.returncode, json.loads(ran.stdout.splitlines()[-1]), ran.stderr
 
 
-def statsd_env(listener: StatsDListener, **more: str) -> dict[str, str]:
+def statsd_env(listener: StatsdListener, **more: str) -> dict[str, str]:
     return {
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
@@ -199,12 +173,12 @@ def pop_backlog_age(sent: dict[Any, tuple[float, str]], key: Any, oldest: str) -
 
 
 def test_gc_and_audit_report_what_their_json_says_to_plain_statsd(
-    tmp_path: Path, store: list[str], statsd: StatsDListener
+    tmp_path: Path, store: list[str], statsd_listener: StatsdListener
 ) -> None:
     """Tags become name segments; the audit's backlog before the sweep, the sweep's shard 1 of 2."""
-    status, report, stderr = run_command(tmp_path, "audit", *store, **statsd_env(statsd))
+    status, report, stderr = run_command(tmp_path, "audit", *store, **statsd_env(statsd_listener))
     assert status == 0 and stderr == ""
-    sent = parse_statsd(statsd.lines())
+    sent = parse_statsd(statsd_listener.lines())
     name = plain_name("airflow")
     oldest = report["inventory"]["expired_backlog"]["oldest_expiry"]
     assert report["inventory"]["expired_backlog"]["keys"] == 6 and oldest
@@ -213,23 +187,25 @@ def test_gc_and_audit_report_what_their_json_says_to_plain_statsd(
 
     started = time.time()
     for shard in ("0", "1"):
-        status, summary, stderr = run_command(tmp_path, "gc", *store, "--shard", f"{shard}/2", **statsd_env(statsd))
+        status, summary, stderr = run_command(
+            tmp_path, "gc", *store, "--shard", f"{shard}/2", **statsd_env(statsd_listener)
+        )
         assert status == 0 and stderr == "" and summary["scanned"] > 0
-        sent = parse_statsd(statsd.lines())
+        sent = parse_statsd(statsd_listener.lines())
         finished_at, kind = sent.pop(name("gc.finished_at", {"shard": shard}))
         assert started <= finished_at <= time.time() and kind == "g"
         assert sent == expected_gc(summary, name, shard)
 
 
-def test_a_dry_run_reports_nothing(tmp_path: Path, store: list[str], statsd: StatsDListener) -> None:
-    status, summary, _ = run_command(tmp_path, "gc", *store, "--dry-run", **statsd_env(statsd))
+def test_a_dry_run_reports_nothing(tmp_path: Path, store: list[str], statsd_listener: StatsdListener) -> None:
+    status, summary, _ = run_command(tmp_path, "gc", *store, "--dry-run", **statsd_env(statsd_listener))
     assert status == 0 and summary["dry_run"] and summary["expired"] == 6
-    assert statsd.lines() == []
+    assert statsd_listener.lines() == []
 
 
 @pytest.mark.parametrize("style", ["datadog", "influxdb"])
 def test_tags_as_tags_with_the_settings_read_from_airflow_cfg(
-    tmp_path: Path, store: list[str], statsd: StatsDListener, style: str
+    tmp_path: Path, store: list[str], statsd_listener: StatsdListener, style: str
 ) -> None:
     """airflow.cfg alone configures the command (no env var), a prefix of its own included."""
     options = (
@@ -239,35 +215,37 @@ def test_tags_as_tags_with_the_settings_read_from_airflow_cfg(
     )
     (tmp_path / "airflow.cfg").write_text(
         f"[core]\nload_examples = False\n\n[metrics]\n{options}statsd_host = 127.0.0.1\n"
-        f"statsd_port = {statsd.port}\nstatsd_prefix = ops.airflow\n"
+        f"statsd_port = {statsd_listener.port}\nstatsd_prefix = ops.airflow\n"
     )
     name = datadog_name("ops.airflow", "team:data", "env:test") if style == "datadog" else influxdb_name("ops.airflow")
     status, summary, stderr = run_command(tmp_path, "gc", *store)
     assert status == 0 and stderr == ""
-    sent = parse_statsd(statsd.lines())
+    sent = parse_statsd(statsd_listener.lines())
     sent.pop(name("gc.finished_at", {"shard": "0"}))
     assert sent == expected_gc(summary, name, "0")
 
     status, report, stderr = run_command(tmp_path, "audit", *store)
-    sent = parse_statsd(statsd.lines())
+    sent = parse_statsd(statsd_listener.lines())
     assert sent.pop(name("audit.oldest_expiry_age_seconds", {})) == (0.0, "g")  # the GC took the backlog
     assert sent == expected_audit(report, name)
 
 
 def test_allow_and_block_lists_pick_names_as_airflow_does(
-    tmp_path: Path, store: list[str], statsd: StatsDListener
+    tmp_path: Path, store: list[str], statsd_listener: StatsdListener
 ) -> None:
     """Regular expressions searched in the name without the prefix; an allow list makes the block list moot."""
-    run_command(tmp_path, "audit", *store, **statsd_env(statsd, AIRFLOW__METRICS__METRICS_BLOCK_LIST="FINDINGS,runs"))
-    assert sorted(line.split(":")[0] for line in statsd.lines()) == sorted(
+    run_command(
+        tmp_path, "audit", *store, **statsd_env(statsd_listener, AIRFLOW__METRICS__METRICS_BLOCK_LIST="FINDINGS,runs")
+    )
+    assert sorted(line.split(":")[0] for line in statsd_listener.lines()) == sorted(
         plain_name("airflow")(stat, {}) for stat in [*AUDIT_TOTALS, "audit.oldest_expiry_age_seconds"]
     )
     allow = {
         "AIRFLOW__METRICS__METRICS_ALLOW_LIST": r"gc\.deleted,^objstore_backend\.gc\.runs",
         "AIRFLOW__METRICS__METRICS_BLOCK_LIST": "gc",
     }
-    status, summary, _ = run_command(tmp_path, "gc", *store, **statsd_env(statsd, **allow))
-    assert status == 0 and sorted(statsd.lines()) == [
+    status, summary, _ = run_command(tmp_path, "gc", *store, **statsd_env(statsd_listener, **allow))
+    assert status == 0 and sorted(statsd_listener.lines()) == [
         f"airflow.objstore_backend.gc.deleted.shard_0:{summary['deleted']}|g",
         "airflow.objstore_backend.gc.runs.outcome_ok:1|c",
     ]
@@ -363,17 +341,19 @@ def test_the_gc_dag_reports_its_sweep_to_statsd_in_a_real_airflow_run(
     store: list[str],
     s3_bucket: str,
     s3_options: dict[str, Any],
-    statsd: StatsDListener,
+    statsd_listener: StatsdListener,
 ) -> None:
     """`airflow dags test` with ``[metrics] statsd_on``: the sweep's gauges equal its XCom summary."""
     from tests.test_airflow_dags import _s3_config, output_of, start_dag, task_instances
 
     started = time.time()
-    run = start_dag(migrated_db, tmp_path, "gc_no_retry", **_s3_config(s3_bucket, s3_options), **statsd_env(statsd))
+    run = start_dag(
+        migrated_db, tmp_path, "gc_no_retry", **_s3_config(s3_bucket, s3_options), **statsd_env(statsd_listener)
+    )
     output = output_of(run, tmp_path)
     sweep = task_instances(tmp_path, "gc_no_retry")[("sweep", 0)]
     assert sweep["state"] == "success" and sweep["xcom"]["deleted"] == 6, output[-5000:]
-    sent = parse_statsd(statsd.lines())
+    sent = parse_statsd(statsd_listener.lines())
     name = plain_name("airflow")
     finished_at, _ = sent.pop(name("gc.finished_at", {"shard": "0"}))
     assert started <= finished_at <= time.time()
