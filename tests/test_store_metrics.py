@@ -3,67 +3,72 @@
 Each call of ``get``/``set``/``delete``/``clear`` (sync or async, primary mode) and of the offload
 hooks is counted, timed, its body bytes and retries added up, and a failure counted by kind
 (missing, corrupt, throttled, other) and re-raised unchanged. Throttling and passing faults come
-from the fault-injecting proxy in front of moto (``tests.servers.CountingProxy``).
+from the fault-injecting proxy in front of moto (``tests.servers.CountingProxy``). Metrics are on
+as a deployment turns them on, Airflow's ``[metrics]`` env vars, and go over UDP to a real StatsD
+listener.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from airflow.sdk.observability import stats
+from airflow.sdk.observability.metrics import stats_utils
 from airflow.sdk.state import AssetScope, TaskScope
 
+from objstore_backend import metrics
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StateObjectMissingError, StoreThrottled
 from objstore_backend.layout import object_path
-from objstore_backend.metrics import Metrics
 from tests.servers import CountingProxy
+from tests.statsd_listener import StatsdListener
 
 TASK = TaskScope("etl", "run", "load", -1)
 ASSET = AssetScope(name="orders")
 VALUE = '{"rows": [1, 2, 3], "note": "' + "x" * 200 + '"}'
+#: Plain StatsD: Airflow's default prefix, then ours; tags are name segments in the order given.
+PREFIX = "airflow.objstore_backend."
 
 
-class Recorded(Metrics):
-    """Every metric reported, as ``(kind, name, tags)`` -> summed value."""
-
-    def __init__(self) -> None:
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-        self.timings: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-
-    def incr(self, stat: str, count: int = 1, *, tags: Mapping[str, str] | None = None) -> None:
-        self.counters[stat, tuple(sorted((tags or {}).items()))] += count
-
-    def timing(self, stat: str, milliseconds: float, *, tags: Mapping[str, str] | None = None) -> None:
-        assert milliseconds >= 0
-        self.timings[stat, tuple(sorted((tags or {}).items()))] += 1
-
-    def count(self, stat: str, **tags: str) -> int:
-        return self.counters[stat, tuple(sorted(tags.items()))]
-
-    def store_counters(self) -> dict[str, int]:
-        """``name{tag=value,...}`` -> sum, for whole-picture comparisons."""
-        return {f"{name}{{{','.join(f'{k}={v}' for k, v in tags)}}}": n for (name, tags), n in self.counters.items()}
+def airflow_stats_from_conf() -> None:
+    """Set up this process's Airflow ``Stats`` from ``[metrics]`` as a task runner does when it starts
+    (importing the SDK set it up already, from the settings of then)."""
+    stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True)
 
 
 @pytest.fixture
-def recorded() -> Recorded:
-    return Recorded()
+def statsd(statsd_listener: StatsdListener, monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdListener]:
+    """Metrics on through Airflow's ``[metrics]`` env vars, to a real listener: Airflow's ``Stats``
+    and the process's metrics rebuilt from them for this test, and from the settings before after it."""
+    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
+    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("AIRFLOW__METRICS__STATSD_PORT", str(statsd_listener.port))
+    airflow_stats_from_conf()
+    metrics.shutdown()
+    yield statsd_listener
+    monkeypatch.undo()
+    airflow_stats_from_conf()
+    metrics.shutdown()
 
 
-def s3_backend(bucket: str, options: dict[str, Any], metrics: Metrics, **settings: Any) -> ObjectStoreBackend:
-    settings = StoreSettings(path=f"s3://{bucket}/state", storage_options=options, **settings)
-    return ObjectStoreBackend(settings, metrics=metrics)
+def counters(statsd: StatsdListener) -> dict[str, int]:
+    """Each counter's sum by name under :data:`PREFIX`, once the datagrams stopped arriving."""
+    statsd.lines()
+    return dict(statsd.counters(PREFIX))
+
+
+def s3_backend(bucket: str, options: dict[str, Any], **settings: Any) -> ObjectStoreBackend:
+    return ObjectStoreBackend(StoreSettings(path=f"s3://{bucket}/state", storage_options=options, **settings))
 
 
 def test_each_operation_is_counted_timed_and_its_bytes_added_up(
-    recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any], moto_server: Any
+    statsd: StatsdListener, s3_bucket: str, s3_options: dict[str, Any], moto_server: Any
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_options, recorded)
+    backend = s3_backend(s3_bucket, s3_options)
     moto_server.log.clear()
     backend.set(TASK, "k", VALUE)
     assert backend.get(TASK, "k") == VALUE
@@ -85,20 +90,21 @@ def test_each_operation_is_counted_timed_and_its_bytes_added_up(
     assert backend.deserialize_asset_state_store_from_ref(asset_ref) == 7
 
     body = len(VALUE.encode())  # stored as it is (no compression)
-    assert recorded.store_counters() == {
-        "store.set{mode=primary}": 3,
-        "store.set.bytes{mode=primary}": 2 * body + 1,
-        "store.get{mode=primary}": 3,
-        "store.get.bytes{mode=primary}": 2 * body,
-        "store.delete{mode=primary}": 2,
-        "store.clear{mode=primary}": 2,
-        "store.set{mode=offload}": 2,
-        "store.set.bytes{mode=offload}": len(b"[1,2]") + len(b"7"),
-        "store.get{mode=offload}": 2,
-        "store.get.bytes{mode=offload}": len(b"[1,2]") + len(b"7"),
+    assert counters(statsd) == {
+        "store.set.mode_primary": 3,
+        "store.set.bytes.mode_primary": 2 * body + 1,
+        "store.get.mode_primary": 3,
+        "store.get.bytes.mode_primary": 2 * body,
+        "store.delete.mode_primary": 2,
+        "store.clear.mode_primary": 2,
+        "store.set.mode_offload": 2,
+        "store.set.bytes.mode_offload": len(b"[1,2]") + len(b"7"),
+        "store.get.mode_offload": 2,
+        "store.get.bytes.mode_offload": len(b"[1,2]") + len(b"7"),
     }
-    assert recorded.timings == {
-        (f"store.{op}.duration", (("mode", mode),)): n
+    assert all(metric.value >= 0 for metric in statsd.metrics() if metric.type == "ms")
+    assert statsd.timers(PREFIX) == {
+        f"store.{op}.duration.mode_{mode}": n
         for op, mode, n in [
             ("set", "primary", 3),
             ("get", "primary", 3),
@@ -113,24 +119,24 @@ def test_each_operation_is_counted_timed_and_its_bytes_added_up(
 
 
 def test_an_inline_offload_value_reads_and_writes_no_bytes(
-    recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any]
+    statsd: StatsdListener, s3_bucket: str, s3_options: dict[str, Any]
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_options, recorded, threshold_bytes=1024)
+    backend = s3_backend(s3_bucket, s3_options, threshold_bytes=1024)
     ref = backend.serialize_task_state_store_to_ref(value=[1], key="k", scope=TASK)
     assert backend.deserialize_task_state_store_from_ref(ref) == [1]
-    assert recorded.store_counters() == {"store.set{mode=offload}": 1, "store.get{mode=offload}": 1}
+    assert counters(statsd) == {"store.set.mode_offload": 1, "store.get.mode_offload": 1}
 
 
 def test_errors_are_counted_by_kind_and_raised_unchanged(
-    recorded: Recorded, s3_bucket: str, s3_options: dict[str, Any], s3_client: Any
+    statsd: StatsdListener, s3_bucket: str, s3_options: dict[str, Any], s3_client: Any
 ) -> None:
-    missing_bucket = s3_backend("no-such-bucket-here", s3_options, recorded)
+    missing_bucket = s3_backend("no-such-bucket-here", s3_options)
     with pytest.raises(BucketNotFoundError):
         missing_bucket.get(TASK, "k")
     with pytest.raises(BucketNotFoundError):
         missing_bucket.set(TASK, "k", "1")
 
-    backend = s3_backend(s3_bucket, s3_options, recorded)
+    backend = s3_backend(s3_bucket, s3_options)
     with pytest.raises(StateObjectMissingError):
         backend.deserialize_task_state_store_from_ref("objstore:" + object_path(TASK, "gone"))
 
@@ -140,43 +146,44 @@ def test_errors_are_counted_by_kind_and_raised_unchanged(
     with pytest.raises(ValueError, match="JSON"):
         backend.set(TASK, "k", "{not json")
 
-    assert recorded.count("store.get.errors", mode="primary", kind="missing") == 1
-    assert recorded.count("store.set.errors", mode="primary", kind="missing") == 1
-    assert recorded.count("store.get.errors", mode="offload", kind="missing") == 1
-    assert recorded.count("store.get.errors", mode="primary", kind="corrupt") == 1
-    assert recorded.count("store.set.errors", mode="primary", kind="other") == 1
-    assert recorded.count("store.get", mode="primary") == 2 and recorded.count("store.set", mode="primary") == 2
-    assert not any(name.endswith(".retries") for name, _ in recorded.counters)  # refusals are never retried
+    sent = counters(statsd)
+    assert sent["store.get.errors.mode_primary.kind_missing"] == 1
+    assert sent["store.set.errors.mode_primary.kind_missing"] == 1
+    assert sent["store.get.errors.mode_offload.kind_missing"] == 1
+    assert sent["store.get.errors.mode_primary.kind_corrupt"] == 1
+    assert sent["store.set.errors.mode_primary.kind_other"] == 1
+    assert sent["store.get.mode_primary"] == 2 and sent["store.set.mode_primary"] == 2
+    assert not any(".retries." in name for name in sent)  # refusals are never retried
 
 
 @pytest.mark.parametrize(("fault", "kind"), [("503", "throttled"), ("429", "throttled"), ("500", "other")])
 def test_a_lasting_fault_counts_the_policys_retries_and_the_error_kind(
     fault: str,
     kind: str,
-    recorded: Recorded,
+    statsd: StatsdListener,
     s3_bucket: str,
     s3_fault_options: dict[str, Any],
     s3_fault_proxy: CountingProxy,
 ) -> None:
-    backend = s3_backend(s3_bucket, s3_fault_options, recorded)  # 5 attempts
+    backend = s3_backend(s3_bucket, s3_fault_options)  # 5 attempts
     rule = s3_fault_proxy.inject(fault, when=lambda r: r.method == "PUT")
     with pytest.raises(StoreThrottled if kind == "throttled" else OSError) as failure:
         backend.set(TASK, "k", VALUE)
     assert "after 5 attempts" in str(failure.value)
     assert isinstance(failure.value, StoreThrottled) is (kind == "throttled")
     assert sum(rule.injected.values()) == 5
-    assert recorded.store_counters() == {
-        "store.set{mode=primary}": 1,
-        "store.set.retries{mode=primary}": 4,
-        f"store.set.errors{{kind={kind},mode=primary}}": 1,
+    assert counters(statsd) == {
+        "store.set.mode_primary": 1,
+        "store.set.retries.mode_primary": 4,
+        f"store.set.errors.mode_primary.kind_{kind}": 1,
     }
 
 
 def test_retries_are_attributed_to_the_operation_that_made_them(
-    recorded: Recorded, s3_bucket: str, s3_fault_options: dict[str, Any], s3_fault_proxy: CountingProxy
+    statsd: StatsdListener, s3_bucket: str, s3_fault_options: dict[str, Any], s3_fault_proxy: CountingProxy
 ) -> None:
     """A passing fault on the set's requests, a get running beside it on the same loop: the set's."""
-    backend = s3_backend(s3_bucket, s3_fault_options, recorded)
+    backend = s3_backend(s3_bucket, s3_fault_options)
     backend.set(TASK, "read-me", VALUE)
     rule = s3_fault_proxy.inject("503", when=lambda r: r.method == "PUT", times=2)
 
@@ -186,21 +193,22 @@ def test_retries_are_attributed_to_the_operation_that_made_them(
     asyncio.run(side_by_side())
     backend.delete(TASK, "k")  # a sync call, run on fsspec's loop: no retry of its own
     assert sum(rule.injected.values()) == 2
-    assert recorded.count("store.set.retries", mode="primary") == 2
-    assert recorded.count("store.get.retries", mode="primary") == 0
-    assert recorded.count("store.delete.retries", mode="primary") == 0
-    assert not any(name.endswith(".errors") for name, _ in recorded.counters)
+    sent = counters(statsd)
+    assert sent["store.set.retries.mode_primary"] == 2
+    assert "store.get.retries.mode_primary" not in sent and "store.delete.retries.mode_primary" not in sent
+    assert not any(".errors." in name for name in sent)
 
 
 def test_azure_server_busy_is_throttled(
-    recorded: Recorded, azure_container: str, azure_fault_options: dict[str, Any], azure_fault_proxy: CountingProxy
+    statsd: StatsdListener, azure_container: str, azure_fault_options: dict[str, Any], azure_fault_proxy: CountingProxy
 ) -> None:
     """Azure says it with its own code: 503 ``ServerBusy``."""
     options = {**azure_fault_options, "retry": {"attempts": 3, "base_delay": 0.01}}
     settings = StoreSettings(path=f"abfs://{azure_container}/state", storage_options=options)
-    backend = ObjectStoreBackend(settings, metrics=recorded)
+    backend = ObjectStoreBackend(settings)
     azure_fault_proxy.inject("503", when=lambda r: r.method == "PUT")
     with pytest.raises(StoreThrottled, match=r"ServerBusy \(HTTP 503\)"):
         backend.set(TASK, "k", VALUE)
-    assert recorded.count("store.set.errors", mode="primary", kind="throttled") == 1
-    assert recorded.count("store.set.retries", mode="primary") == 2
+    sent = counters(statsd)
+    assert sent["store.set.errors.mode_primary.kind_throttled"] == 1
+    assert sent["store.set.retries.mode_primary"] == 2
