@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.errors import BucketNotFoundError, CorruptObjectError, StateObjectMissingError, StoreThrottled
 from objstore_backend.layout import object_path
+from objstore_backend.store import ObjectStore
 from tests.servers import CountingProxy
 from tests.statsd_listener import StatsdListener
 
@@ -212,3 +214,28 @@ def test_azure_server_busy_is_throttled(
     sent = counters(statsd)
     assert sent["store.set.errors.mode_primary.kind_throttled"] == 1
     assert sent["store.set.retries.mode_primary"] == 2
+
+
+@pytest.mark.airflow
+def test_a_real_airflow_run_reports_its_offloaded_state_through_airflows_stats(
+    migrated_db: Path, tmp_path: Path, statsd_listener: StatsdListener
+) -> None:
+    """The example DAG in `airflow dags test`, offload mode on the embedded default, ``[metrics] statsd_on``:
+    each state write its task made arrives as ``store.set`` with its bytes, each read as ``store.get``."""
+    from tests.test_airflow_runs import BACKEND, run_demo, stored_objects
+    from tests.test_metrics import statsd_env
+
+    home = tmp_path / "home"
+    run_demo(migrated_db, home, AIRFLOW__WORKERS__STATE_STORE_BACKEND=BACKEND, **statsd_env(statsd_listener))
+    objects = stored_objects(ObjectStore(str(home / "state_store")))
+    job_id = objects[("submit_job", "-1", "job_id")]  # written on try 1, read back on try 2
+    assert counters(statsd_listener) == {
+        "store.set.mode_offload": len(objects),  # each key written once
+        "store.set.bytes.mode_offload": sum(len(obj.body) for obj in objects.values()),
+        "store.get.mode_offload": 1,
+        "store.get.bytes.mode_offload": len(job_id.body),
+    }
+    assert statsd_listener.timers(PREFIX) == {
+        "store.set.duration.mode_offload": len(objects),
+        "store.get.duration.mode_offload": 1,
+    }
