@@ -1,4 +1,5 @@
-"""The comparison's ``ops``, ``clear``, ``gc`` and ``import`` sections: each measures, then returns its table.
+"""The comparison's ``ops``, ``metrics``, ``clear``, ``gc`` and ``import`` sections: each measures, then
+returns its table.
 
 Requests are counted by the server (``count()`` returns them by kind and resets the count);
 times are medians; ratios are *ours / the other*.
@@ -8,17 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from _contenders import Contender
+from _contenders import Contender, StateBackend
 from _measure import log, ratio, requests_cell, timed
-from _servers import REPO, S3_OPTIONS, counts
+from _servers import REPO, S3_OPTIONS, counts, statsd_server
 
 #: A small state value, as a task would keep: a job id and a watermark.
 SMALL_VALUE = {"job_id": "emr-0123456789abcdef", "watermark": "2026-01-01T00:00:00+00:00", "done": [1, 2, 3]}
@@ -81,7 +84,7 @@ def ops_table(
         "| mode | op | "
         + " | ".join(f"{name}: requests | {name}: ms" for name in names)
         + " | "
-        + " | ".join(f"ours / {name} (time)" for name in others)
+        + " | ".join(f"{ours} / {name} (time)" for name in others)
         + " |",
         "|---|---|" + "---|---:|" * len(names) + "---:|" * len(others),
     ]
@@ -98,6 +101,72 @@ def ops_table(
             ratios = [ratio(results[ours][op][1], results[name][op][1]) for name in others]
             rows.append(f"| {MODE_LABELS[mode]} | {op} | " + " | ".join(cells + ratios) + " |")
     rows += [f"\n{name}: n/a, {why}." for name, why in missing.items()]
+    return rows
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def _start_airflow_stats() -> None:
+    """Set up Airflow's ``Stats`` from its current ``[metrics]`` settings, as its API server does at start."""
+    from airflow._shared.observability.metrics import stats
+    from airflow.configuration import conf
+    from airflow.observability.metrics import stats_utils
+
+    stats.initialize(
+        factory=stats_utils.get_stats_factory(), export_legacy_names=conf.getboolean("metrics", "legacy_names_on")
+    )
+
+
+@contextmanager
+def statsd_metrics(port: int) -> Iterator[Any]:
+    """The process's metrics while the block runs, as inside Airflow's API server with ``[metrics]``
+    sending StatsD to ``127.0.0.1:port``: through Airflow's ``Stats``. Off again after it."""
+    from objstore_backend import metrics
+
+    settings = {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(port),
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    _start_airflow_stats()
+    metrics.shutdown()  # the process's metrics are built once: again, with these settings
+    try:
+        yield metrics.for_process()
+    finally:
+        metrics.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _start_airflow_stats()
+
+
+def metrics_table(endpoint: str, n: int, count: Callable[[], dict[str, int]]) -> list[str]:
+    """Ours with metrics on (StatsD over UDP to a listener in its own process) beside ours with them off,
+    on the same server, interleaved op by op: requests and median latency per op."""
+    from objstore_backend.backend import ObjectStoreBackend
+    from objstore_backend.config import StoreSettings
+    from objstore_backend.metrics import Metrics
+
+    def backend(base: str, metrics: Any) -> ObjectStoreBackend:
+        options = {**S3_OPTIONS, "endpoint_url": endpoint}
+        settings = StoreSettings(path=f"s3://bench-ours/{base}/", storage_options=options)
+        return ObjectStoreBackend(settings, metrics=metrics)
+
+    with statsd_server() as (port, received), statsd_metrics(port) as statsd:
+        contenders: list[Contender] = [
+            StateBackend("metrics on", backend("metrics-on", statsd)),
+            StateBackend("metrics off", backend("metrics-off", Metrics())),
+        ]
+        rows = ops_table("S3, moto; metrics on: StatsD over UDP to a local listener", contenders, n, count)
+    rows.append(
+        f"\nMetrics on: {type(statsd).__name__}; the listener received {received[0] if received else 0} "
+        f"metric lines (each op: a count and a timer, plus bytes for get and set)."
+    )
     return rows
 
 

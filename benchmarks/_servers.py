@@ -91,3 +91,22 @@ def s3_client(endpoint: str) -> Any:
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
+
+
+@contextmanager
+def statsd_server() -> Iterator[tuple[int, list[int]]]:
+    """A StatsD listener (``python -m tests.statsd_listener``) in its own process while the block runs:
+    its UDP port, and a list that holds, once the block ended, how many metric lines it received."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.statsd_listener"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    received: list[int] = []
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("serving udp://"), f"tests.statsd_listener: {line!r}"
+        yield int(line.rsplit(":", 1)[1]), received
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=10)
+        received += [int(word) for word in out.split()[1:2] if word.isdigit()]

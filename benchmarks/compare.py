@@ -16,6 +16,8 @@ Sections (``--sections``, default all of them, in this order):
 ``ops``     requests (counted by the server) and median latency per set / get / delete, in
             primary mode (``set``/``get``/``delete``) and offload mode (``serialize_*_to_ref``
             / ``deserialize_*_from_ref`` / ``delete``); ``--ops`` of each;
+``metrics`` the ops section for ours with metrics on (StatsD over UDP to a listener this
+            script starts in its own process) beside ours with them off, interleaved, same server;
 ``clear``   one ``clear(all_map_indices=True)`` of a task with ``--map-indices`` map indices x 2
             keys, ``--clear-repeats`` times;
 ``large``   1, 16, 64 MiB of nested JSON (``--sizes``): round-trip (set + get) throughput
@@ -37,6 +39,7 @@ root:
 
     python benchmarks/compare.py                                  # everything: several minutes
     python benchmarks/compare.py --sections ops,clear --ops 20    # a quick look
+    python benchmarks/compare.py --sections metrics --ops 200     # the cost of metrics
 """
 
 from __future__ import annotations
@@ -56,10 +59,10 @@ from pathlib import Path
 
 from _contenders import S3_BUCKETS, Contender, RawFS, ours, s3_contender, why_no_common_io_on_gcs
 from _large_values import large_tables
-from _sections import azure_gc_table, clear_table, gc_table, import_table, ops_table
+from _sections import azure_gc_table, clear_table, gc_table, import_table, metrics_table, ops_table
 from _servers import REPO, azure_server, counts, gcs_server, moto_server, s3_client
 
-SECTIONS = ("ops", "clear", "large", "gc", "gcs", "azure", "import")
+SECTIONS = ("ops", "metrics", "clear", "large", "gc", "gcs", "azure", "import")
 #: Where each S3 contender keeps the clear section's task, under its bucket.
 CLEARED_PREFIX = {"ours": "state/task/bench/clear/", "common.io": "state/bench/clear/", "raw s3fs": "raw/bench/clear/"}
 
@@ -112,7 +115,7 @@ def machine_line() -> str:
 
 
 def s3_sections(args: argparse.Namespace, endpoint: str, workdir: Path) -> list[str]:
-    """The sections on the moto server: ops, clear, large, gc (those asked for)."""
+    """The sections on the moto server: ops, clear, large, gc, metrics (those asked for)."""
     s3 = s3_client(endpoint)
     for bucket in S3_BUCKETS.values():
         s3.create_bucket(Bucket=bucket)
@@ -134,6 +137,8 @@ def s3_sections(args: argparse.Namespace, endpoint: str, workdir: Path) -> list[
         rows += large_tables(args.sizes, args.repeats, endpoint, contenders, workdir)
     if "gc" in args.sections:
         rows += gc_table(endpoint, args.gc_objects, s3)
+    if "metrics" in args.sections:  # last: the process's metrics are on while it runs
+        rows += metrics_table(endpoint, args.ops, count)
     return rows
 
 
@@ -236,7 +241,7 @@ def main() -> None:
     ]
     try:
         with ExitStack() as servers:
-            if set(args.sections) & {"ops", "clear", "large", "gc"}:
+            if set(args.sections) & {"ops", "metrics", "clear", "large", "gc"}:
                 output += s3_sections(args, servers.enter_context(moto_server()), workdir)
             if "gcs" in args.sections:
                 output += gcs_sections(args, servers.enter_context(gcs_server()))

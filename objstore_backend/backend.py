@@ -27,8 +27,10 @@ from objstore_backend.codec import compress, decode_json, encode_json, validate_
 from objstore_backend.config import KEYS, SECTION, StoreSettings
 from objstore_backend.errors import RefusedReferenceError, StateObjectMissingError, StoreError
 from objstore_backend.layout import ScopeKind, object_path, parse, recorded_key, scope_prefix
+from objstore_backend.metrics import Metrics
 from objstore_backend.refs import reference_refusal
 from objstore_backend.store import ObjectMetadata, ObjectStore, StoredObject, damage_named, json_text
+from objstore_backend.store_metrics import measured
 
 if TYPE_CHECKING:
     import fsspec
@@ -136,17 +138,25 @@ def is_live_in_primary(metadata: ObjectMetadata) -> bool:
 class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
     """Airflow task and asset state in object storage, one JSON object per key.
 
-    Airflow constructs it with no arguments: the settings then come from airflow.cfg.
-    Pass :class:`~objstore_backend.config.StoreSettings` (and optionally a ready fsspec
-    ``filesystem``) to construct it in plain Python.
+    Airflow constructs it with no arguments: the settings then come from airflow.cfg, and each
+    operation reports to the process's metrics (Airflow's ``[metrics]``, see
+    :mod:`objstore_backend.store_metrics`). Pass :class:`~objstore_backend.config.StoreSettings`
+    (and optionally a ready fsspec ``filesystem``, or the ``metrics`` to report to) to construct
+    it in plain Python.
     """
 
     def __init__(
-        self, settings: StoreSettings | None = None, *, filesystem: fsspec.AbstractFileSystem | None = None
+        self,
+        settings: StoreSettings | None = None,
+        *,
+        filesystem: fsspec.AbstractFileSystem | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings if settings is not None else settings_from_airflow()
         url, options = self.settings.resolve() if filesystem is None else (self.settings.path, {})
         self.store = ObjectStore(url, options, filesystem=filesystem)
+        #: where the operations report; ``None``: the process's (looked up per call, built once)
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.store.url!r})"
@@ -189,6 +199,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
             return None
         return json_text(found.body, self.store.display_path(path))
 
+    @measured("get", "primary")
     def get(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
@@ -199,6 +210,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         metadata = ObjectMetadata("primary", expires_at, updated_at=datetime.now(timezone.utc), key=recorded_key(key))
         return compress(body, self.settings.compression), metadata
 
+    @measured("set", "primary")
     def set(self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None) -> None:
         # docstring inherited
         path, body = object_path(scope, key), validate_json_text(value)
@@ -206,19 +218,23 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if source is None or not self.store.adopt(source, path, _adopted(expires_at, source, path, key)):
             self.store.write(path, *self._primary_object(body, expires_at, key))
 
+    @measured("delete", "primary")
     def delete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
         self.store.delete(object_path(scope, key))
 
+    @measured("clear", "primary")
     def clear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
         # docstring inherited
         self.store.clear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
 
+    @measured("get", "primary")
     async def aget(self, scope: Any, key: str, *, session: Any = None) -> str | None:
         # docstring inherited
         path = object_path(scope, key)
         return self._primary_answer(path, self._adopted_as_ref(path, await self.store.aread(path)))
 
+    @measured("set", "primary")
     async def aset(
         self, scope: Any, key: str, value: str, *, expires_at: datetime | None = None, session: Any = None
     ) -> None:
@@ -228,6 +244,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         if source is None or not await self.store.aadopt(source, path, _adopted(expires_at, source, path, key)):
             await self.store.awrite(path, *self._primary_object(body, expires_at, key))
 
+    @measured("set", "primary")
     async def awrite_value(self, scope: Any, key: str, value: str, *, expires_at: datetime | None) -> None:
         """Store ``value`` as it is, never adopting: a value shaped like a worker's reference that
         someone typed (the plugin's PUT) must not copy another asset's or task's object in."""
@@ -235,10 +252,12 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
             object_path(scope, key), *self._primary_object(validate_json_text(value), expires_at, key)
         )
 
+    @measured("delete", "primary")
     async def adelete(self, scope: Any, key: str, *, session: Any = None) -> None:
         # docstring inherited
         await self.store.adelete(object_path(scope, key))
 
+    @measured("clear", "primary")
     async def aclear(self, scope: Any, *, all_map_indices: bool = False, session: Any = None) -> None:
         # docstring inherited
         await self.store.aclear_prefix(scope_prefix(scope, all_map_indices=all_map_indices))
@@ -266,6 +285,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
 
     # -- offload mode: the worker's hooks ---------------------------------------------------
 
+    @measured("set", "offload")
     def _to_ref(self, value: Any, key: str, scope: Any) -> str:
         body = encode_json(value)
         if len(body) < self.settings.threshold_bytes:
@@ -278,6 +298,7 @@ class ObjectStoreBackend(*_base_classes()):  # type: ignore[misc]
         )
         return OBJECT_REF_PREFIX + path
 
+    @measured("get", "offload")
     def _from_ref(self, stored: str) -> Any:
         """The value behind ``stored``; inside a task, only if it names the accessor's own key's object."""
         if stored.startswith(INLINE_REF_PREFIX):

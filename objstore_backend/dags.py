@@ -29,6 +29,7 @@ import orjson
 from objstore_backend.audit import LEVELS, run_audit
 from objstore_backend.errors import StoreError
 from objstore_backend.gc import GCOptions, GCReport, Reconciler, run_gc
+from objstore_backend.metrics import report_audit, report_gc
 from objstore_backend.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ def gc_dag(
             run_id=f"{context['dag'].dag_id}/{context['run_id']}",  # a retried shard skips what its run swept
         )
         report = run_gc(store, options)
+        report_gc(report)
         summary = report.as_dict()
         logger.info("GC of %s, shard %s: %s", store.url, report.shard, orjson.dumps(summary).decode())
         if report.errors:
@@ -209,6 +211,7 @@ def audit_dag(
     def audit() -> dict[str, Any]:
         store = _open_store()
         report = run_audit(store, concurrency=concurrency)
+        report_audit(report)
         summary = report.as_dict()
         inventory = report.inventory
         logger.info("audit of %s: %d keys, %d bytes", store.url, inventory.keys, inventory.bytes)

@@ -17,6 +17,7 @@ __all__ = [
     "StateObjectMissingError",
     "StoreAccessDenied",
     "StoreError",
+    "StoreThrottled",
     "UnguardedStoreError",
 ]
 
@@ -35,6 +36,10 @@ class StateObjectMissingError(StoreError, FileNotFoundError):
 
 class CorruptObjectError(StoreError, ValueError):
     """An object under the base path is not a state object this package wrote."""
+
+
+class StoreThrottled(StoreError):
+    """The store kept throttling the requests (503 SlowDown / ServerBusy, 429) past the retries."""
 
 
 class StoreAccessDenied(StoreError, PermissionError):

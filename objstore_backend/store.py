@@ -33,6 +33,7 @@ from fsspec.core import split_protocol
 from objstore_backend.codec import check_json_document, decompress
 from objstore_backend.errors import CorruptObjectError, StoreError, UnguardedStoreError
 from objstore_backend.layout import LAYOUT_VERSION, MAX_BASE_KEY_BYTES, is_reserved
+from objstore_backend.store_metrics import note_read, note_written
 from objstore_backend.transports import GONE, GUARDED_STORES, LocalTransport, S3Transport, Transport, transport_for
 from objstore_backend.transports.base import (
     META_ADOPTED,
@@ -321,6 +322,7 @@ class ObjectStore:
         if found is None:
             return None
         body, metadata = found
+        note_read(len(body))
         display = self.display_path(relative)
         return StoredObject(_decompress(body, display), ObjectMetadata.from_strings(metadata, display))
 
@@ -351,6 +353,7 @@ class ObjectStore:
     ) -> None:
         strings = self._metadata_strings(relative, metadata)
         await self.transport.write(fs, self.full_path(relative), body, strings, create_only=create_only)
+        note_written(len(body))
 
     async def _delete(self, fs: Any, relative: str) -> None:
         await self.transport.delete(fs, self.full_path(relative))
@@ -368,6 +371,7 @@ class ObjectStore:
         if mode != "offload":
             return False
         await self.transport.write(fs, self.full_path(target), found[0], self._metadata_strings(target, metadata))
+        note_written(len(found[0]))
         return True
 
     async def _clear_prefix(self, fs: Any, relative_prefix: str) -> int:

@@ -30,6 +30,7 @@ from tests.servers import (
     create_gcs_bucket,
     fake_gcs_server,
 )
+from tests.statsd_listener import StatsdListener
 
 # gcsfs 2026.x probes the bucket type over gRPC first, which stalls against an emulator.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -62,6 +63,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One SQLite DB migrated by `airflow db migrate` (which takes a while); copy it to use it."""
     return migrate(tmp_path_factory.mktemp("airflow-template"))
+
+
+@pytest.fixture
+def statsd_listener() -> Iterator[StatsdListener]:
+    """A StatsD server on a free loopback UDP port, for one test."""
+    listener = StatsdListener().start()
+    yield listener
+    listener.stop()
 
 
 @pytest.fixture(scope="session")

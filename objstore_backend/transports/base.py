@@ -21,7 +21,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from objstore_backend.errors import StoreAccessDenied, StoreError
+from objstore_backend.errors import StoreAccessDenied, StoreError, StoreThrottled
+from objstore_backend.store_metrics import note_retry
 
 __all__ = [
     "CHANGED",
@@ -34,6 +35,7 @@ __all__ = [
     "META_ORIGIN",
     "META_UPDATED",
     "S3_DELETE_BATCH",
+    "THROTTLING_CODES",
     "Body",
     "ListedObject",
     "RetryPolicy",
@@ -228,6 +230,28 @@ def _name_and_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
+#: The error codes of a store throttling its callers (S3's, Azure's ``ServerBusy``); HTTP 429 says
+#: the same on every store.
+THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "ServerBusy",
+    }
+)
+
+
+def _is_throttled(exc: BaseException) -> bool:
+    code, status, _ = service_error(exc)
+    return status == 429 or code in THROTTLING_CODES
+
+
 def _is_access_denied(exc: BaseException) -> bool:
     if isinstance(exc, PermissionError):
         return True
@@ -240,7 +264,8 @@ def translate_error(exc: Exception, action: str, where: str, attempts: int) -> E
 
     Our own errors pass unchanged; callers' mistakes (``ValueError``, ``TypeError``) too. The
     rest become a :class:`StoreError` (a :class:`StoreAccessDenied` when the store refused the
-    credentials), naming the object and the cause. ``where`` never holds credentials.
+    credentials, a :class:`StoreThrottled` when it kept throttling them), naming the object and
+    the cause. ``where`` never holds credentials.
     """
     if isinstance(exc, (StoreError, ValueError, TypeError)):
         return exc
@@ -250,7 +275,8 @@ def translate_error(exc: Exception, action: str, where: str, attempts: int) -> E
         return StoreAccessDenied(f"{action} {where}: access denied{after}: {cause}")
     if isinstance(exc, (FileNotFoundError, FileExistsError)):  # "missing" / "changed": callers decide
         return exc
-    return StoreError(f"{action} {where} failed{after}: {cause}")
+    failure = StoreThrottled if _is_throttled(exc) else StoreError
+    return failure(f"{action} {where} failed{after}: {cause}")
 
 
 def _display_as_is(path: str) -> str:
@@ -305,6 +331,7 @@ class Transport(ABC):
                         describe_cause(exc),
                         delay,
                     )
+                    note_retry()
                     await asyncio.sleep(delay)
                     continue
                 translated = translate_error(exc, action, self.display(path), tries - 1 + self.client_attempts(exc))

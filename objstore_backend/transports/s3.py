@@ -20,6 +20,7 @@ from objstore_backend.transports.base import (
     CHANGED,
     GONE,
     S3_DELETE_BATCH,
+    THROTTLING_CODES,
     Body,
     ListedObject,
     Transport,
@@ -50,16 +51,8 @@ def _client_error_code(exc: BaseException) -> str | None:
 
 
 #: S3 error codes that can pass (throttling, server trouble): retried. Statuses likewise.
-_S3_RETRY_CODES = frozenset(
+_S3_RETRY_CODES = THROTTLING_CODES | frozenset(
     {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "TooManyRequests",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
         "RequestTimeout",
         "RequestTimeoutException",
         "PriorRequestNotComplete",
