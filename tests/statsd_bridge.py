@@ -9,7 +9,7 @@ format. Lines no mapping matches are counted in ``statsd_bridge_unmapped_lines_t
 instead of being exported under an escaped name. Production runs prom/statsd-exporter with the
 mapping file (terraform-example/monitoring/README.md).
 
-    python scripts/statsd_bridge.py --mapping FILE [--udp-port N] [--http-port N]
+    python -m tests.statsd_bridge --mapping FILE [--udp-port N] [--http-port N]
 
 prints ``udp=PORT http=PORT`` once both are listening (port 0 picks a free one).
 """
@@ -84,7 +84,9 @@ class Registry:
             if match and mapping.metric_type == STATSD_TYPES[statsd_type]:
                 name = expand(mapping.name, match)
                 labels = tuple(sorted((k, expand(v, match)) for k, v in mapping.labels.items()))
-                self.record(name, labels, statsd_type, value_text, value / 1000 if statsd_type == "ms" else value, mapping)
+                self.record(
+                    name, labels, statsd_type, value_text, value / 1000 if statsd_type == "ms" else value, mapping
+                )
                 return
         self.record("statsd_bridge_unmapped_lines_total", (("name", stat),), "c", "1", 1.0, None)
 
@@ -103,7 +105,9 @@ class Registry:
             else:
                 assert mapping is not None
                 self.types[name] = "histogram"
-                bounds, counts, total = self.histograms.setdefault(key, (mapping.buckets, [0] * len(mapping.buckets), [0.0, 0.0]))
+                bounds, counts, total = self.histograms.setdefault(
+                    key, (mapping.buckets, [0] * len(mapping.buckets), [0.0, 0.0])
+                )
                 for i, bound in enumerate(bounds):
                     if value <= bound:
                         counts[i] += 1
