@@ -21,8 +21,9 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM ${PYTHON_BASE}
 # The package's extras to install, comma-separated: one per store the image may sweep (drop the
-# ones you do not use for a smaller image, e.g. --build-arg EXTRAS=s3).
-ARG EXTRAS=s3,gcs,azure
+# ones you do not use for a smaller image, e.g. --build-arg EXTRAS=s3); metrics: OpenTelemetry
+# export when [metrics] otel_on is set (StatsD needs no extra).
+ARG EXTRAS=s3,gcs,azure,metrics
 # The wheel and the dependency pins are mounted, not copied: neither stays in a layer. The
 # pins are constraints-dev.txt, the versions the test suite runs against. --only-binary: every
 # dependency comes as a wheel, so nothing is compiled and the image has no compiler. The venv

@@ -25,6 +25,7 @@ from objstore_backend.config import AIRFLOW_ENV_PREFIX, ENV_PREFIX, KEYS, StoreS
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.gc import GCOptions, GCReport, parse_shard, run_gc
 from objstore_backend.layout import is_hashed, original_key, parse
+from objstore_backend.metrics import report_audit, report_gc, shutdown
 from objstore_backend.reconcile import AirflowDBReconciler, create_db_engine
 from objstore_backend.store import ObjectStore, json_text
 
@@ -497,6 +498,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             report = run_gc(store, options, progress=advance)
     else:
         report = run_gc(store, options)
+    report_gc(report)
     if args.json:
         print(orjson.dumps(report.as_dict()).decode())
     else:
@@ -531,6 +533,7 @@ def _print_audit(report: AuditReport) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     report = run_audit(open_store(args), concurrency=args.concurrency)
+    report_audit(report)
     if args.json:
         print(orjson.dumps(report.as_dict()).decode())
     else:
@@ -621,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # bad settings
         print(f"objstore-backend: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        shutdown()  # the metrics' last export, before a CronJob's pod goes away
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,10 +11,8 @@ is refused and named, never followed.
 
 from __future__ import annotations
 
-import configparser
 import io
 import lzma
-import os
 import posixpath
 import zipfile
 import zlib
@@ -26,7 +24,7 @@ import fsspec.compression
 from fsspec.core import split_protocol
 from fsspec.utils import infer_compression
 
-from objstore_backend.config import StoreSettings, split_connection_id
+from objstore_backend.config import StoreSettings, airflow_section, split_connection_id
 from objstore_backend.errors import StoreError
 from objstore_backend.transports.base import describe_cause
 
@@ -40,14 +38,8 @@ _FAMILIES = {"s3a": "s3", "gcs": "gs", "local": "file"}
 
 def commonio_path_from_airflow(environ: dict[str, str] | None = None) -> str | None:
     """``[common.io] state_store_objectstorage_path`` from the env var, else ``$AIRFLOW_HOME/airflow.cfg``."""
-    environ = dict(os.environ) if environ is None else environ
-    from_env = environ.get(f"AIRFLOW__{SECTION.replace('.', '_').upper()}__{PATH_KEY.upper()}")  # as Airflow names it
-    if from_env:
-        return from_env
-    home = environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow")
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(environ.get("AIRFLOW_CONFIG") or os.path.join(home, "airflow.cfg"))
-    return parser.get(SECTION, PATH_KEY, fallback=None) or None
+    setting = airflow_section(SECTION, environ).get(PATH_KEY)
+    return setting.value if setting and setting.value else None
 
 
 def _where(url: str) -> tuple[str, str]:

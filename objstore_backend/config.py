@@ -21,6 +21,7 @@ compression        ``none`` (default) or ``gzip``; readers recognise either what
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -33,6 +34,8 @@ from objstore_backend.codec import COMPRESSIONS
 
 __all__ = [
     "ENV_PREFIX",
+    "AirflowSetting",
+    "airflow_section",
     "SECTION",
     "StoreSettings",
     "embedded_default_path",
@@ -45,6 +48,41 @@ SECTION = "objstore_backend"
 ENV_PREFIX = "OBJSTORE_BACKEND_"
 AIRFLOW_ENV_PREFIX = f"AIRFLOW__{SECTION.upper()}__"
 KEYS = ("path", "storage_options", "threshold_bytes", "compression")
+
+
+@dataclass(frozen=True)
+class AirflowSetting:
+    """One airflow.cfg option as read without Airflow, with where it came from (for error messages)."""
+
+    value: str
+    source: str  # the env var's name, or "[section] key in /path/airflow.cfg"
+
+
+def airflow_section(section: str, environ: Mapping[str, str] | None = None) -> dict[str, AirflowSetting]:
+    """An airflow.cfg section as Airflow resolves it, without Airflow: each ``AIRFLOW__<SECTION>__<KEY>``
+    env var over the file ``$AIRFLOW_CONFIG``, else ``$AIRFLOW_HOME/airflow.cfg`` (``~/airflow``).
+
+    Airflow's ``_CMD`` and ``_SECRET`` variants are not read: Airflow honours them only for
+    sensitive options, and the sections read here have none. A file that does not parse is a
+    ValueError naming it.
+    """
+    environ = os.environ if environ is None else environ
+    home = environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow")
+    path = environ.get("AIRFLOW_CONFIG") or os.path.join(home, "airflow.cfg")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        raise ValueError(f"{path} does not parse: {exc}") from exc
+    settings = {
+        key: AirflowSetting(value, f"[{section}] {key} in {path}")
+        for key, value in (parser.items(section) if parser.has_section(section) else [])
+    }
+    env_prefix = f"AIRFLOW__{section.replace('.', '_').upper()}__"
+    for name, value in environ.items():
+        if name.startswith(env_prefix):
+            settings[name[len(env_prefix) :].lower()] = AirflowSetting(value, name)
+    return settings
 
 
 def embedded_default_path() -> str:

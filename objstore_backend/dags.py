@@ -29,6 +29,7 @@ import orjson
 from objstore_backend.audit import LEVELS, run_audit
 from objstore_backend.errors import StoreError
 from objstore_backend.gc import GCOptions, GCReport, Reconciler, run_gc
+from objstore_backend.metrics import report_audit, report_gc
 from objstore_backend.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ def gc_dag(
             reconciler=_reconciler(airflow_db_conn_id),
         )
         report = run_gc(store, options)
+        report_gc(report)
         summary = report.as_dict()
         logger.info("GC of %s, shard %s: %s", store.url, report.shard, orjson.dumps(summary).decode())
         if report.errors:
@@ -207,6 +209,7 @@ def audit_dag(
     def audit() -> dict[str, Any]:
         store = _open_store()
         report = run_audit(store, concurrency=concurrency)
+        report_audit(report)
         summary = report.as_dict()
         inventory = report.inventory
         logger.info("audit of %s: %d keys, %d bytes", store.url, inventory.keys, inventory.bytes)
