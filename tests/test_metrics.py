@@ -354,3 +354,28 @@ def test_a_bad_metrics_setting_costs_one_warning_naming_it_and_nothing_else(
     assert (status, report) == (0, reference)
     assert len(stderr.splitlines()) == 1 and f"AIRFLOW__METRICS__{setting}" in stderr, stderr
     assert "metrics off" in stderr
+
+
+@pytest.mark.airflow
+def test_the_gc_dag_reports_its_sweep_to_statsd_in_a_real_airflow_run(
+    migrated_db: Path,
+    tmp_path: Path,
+    store: list[str],
+    s3_bucket: str,
+    s3_options: dict[str, Any],
+    statsd: StatsDListener,
+) -> None:
+    """`airflow dags test` with ``[metrics] statsd_on``: the sweep's gauges equal its XCom summary."""
+    from tests.test_airflow_dags import _s3_config, output_of, start_dag, task_instances
+
+    started = time.time()
+    run = start_dag(migrated_db, tmp_path, "gc_no_retry", **_s3_config(s3_bucket, s3_options), **statsd_env(statsd))
+    output = output_of(run, tmp_path)
+    sweep = task_instances(tmp_path, "gc_no_retry")[("sweep", 0)]
+    assert sweep["state"] == "success" and sweep["xcom"]["deleted"] == 6, output[-5000:]
+    sent = parse_statsd(statsd.lines())
+    name = plain_name("airflow")
+    finished_at, _ = sent.pop(name("gc.finished_at", {"shard": "0"}))
+    assert started <= finished_at <= time.time()
+    ours = {key: value for key, value in sent.items() if ".objstore_backend." in key}
+    assert ours == expected_gc(sweep["xcom"], name, "0")
