@@ -3,15 +3,15 @@ data of a real run, for the README.
 
 The run: a local store gets real calls through ObjectStoreBackend (sets with and without expiry,
 gets, deletes, clears, and a read of a damaged object), and each round runs the real
-`objstore-backend audit --json` and, every other round, `objstore-backend gc --json` on both
-shards; their StatsD lines go over UDP to the exporter (tests/statsd_bridge.py applying
-statsd-mapping.yml), which a real Prometheus scrapes every second. Grafana cannot run here, so each
-panel's queries go to Prometheus's query_range API as Grafana sends them, and this script draws
-the answers as inline SVG in the dashboard's grid; headless Chromium takes the screenshot.
+`objstore-backend audit` and, every other round, `objstore-backend gc` on both shards with
+Airflow's [metrics] statsd_on settings; their StatsD lines go over UDP to the exporter
+(tests/statsd_bridge.py applying statsd-mapping.yml), which a real Prometheus scrapes every second.
+Grafana cannot run here, so each panel's queries go to Prometheus's query_range API as Grafana
+sends them, and this script draws the answers as inline SVG in the dashboard's grid; headless
+Chromium takes the screenshot.
 
-Until the command and the store emit their metrics themselves, :func:`gc_lines` and
-:func:`audit_lines` turn the commands' JSON summaries into the contract's StatsD lines, and
-:class:`TimedStore` times the store calls of this script and sends their lines.
+The GC and the audit report their metrics themselves. Until the store does too,
+:class:`TimedStore` times this script's store calls and sends the contract's lines for them.
 
     python scripts/dashboard_screenshot.py [--rounds 10] [--out docs/metrics-dashboard.png]
 """
@@ -22,6 +22,7 @@ import argparse
 import html
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,10 +53,6 @@ from tests.monitoring_stack import (  # noqa: E402
 from tests.test_plugin import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PREFIX = "airflow.objstore_backend"
-GC_FIELDS = (
-    "scanned expired deleted kept live never_expire offload offload_orphans errors bytes_deleted "
-    "list_requests metadata_reads index_hits seconds"
-).split()
 SHARDS = 2
 ROUND_SECONDS = 6.0
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval is for a 1 s scrape and this range's step
@@ -65,43 +62,23 @@ PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b
 # --- the run -------------------------------------------------------------------------------------
 
 
-def gc_lines(summary: dict[str, Any], shard: int, exit_status: int) -> list[str]:
-    """The contract's lines of one GC run, from its --json summary."""
-    lines = [f"{PREFIX}.gc.{name}.shard_{shard}:{summary[name]}|g" for name in GC_FIELDS]
-    lines.append(f"{PREFIX}.gc.finished_at.shard_{shard}:{time.time():.0f}|g")
-    lines.append(f"{PREFIX}.gc.runs.outcome_{'ok' if exit_status == 0 else 'failed'}:1|c")
-    return lines
-
-
-def audit_lines(report: dict[str, Any], exit_status: int) -> list[str]:
-    """The contract's lines of one audit run, from its --json report."""
-    inventory, backlog = report["inventory"], report["inventory"]["expired_backlog"]
-    oldest = backlog["oldest_expiry"]
-    age = (datetime.now(timezone.utc) - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0
-    gauges = {
-        "keys": inventory["keys"],
-        "bytes": inventory["bytes"],
-        "expired_backlog_keys": backlog["keys"],
-        "expired_backlog_bytes": backlog["bytes"],
-        "oldest_expiry_age_seconds": round(age, 1),
+def command(store: Path, port: int, *args: str) -> None:
+    """`objstore-backend ARGS` on the store, reporting to the exporter through Airflow's [metrics]
+    settings, as the CronJobs do."""
+    environment = {
+        **os.environ,
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(port),
     }
-    lines = [f"{PREFIX}.audit.{name}:{value}|g" for name, value in gauges.items()]
-    for level in ("error", "warning", "info"):
-        count = sum(finding["level"] == level for finding in report["findings"])
-        lines.append(f"{PREFIX}.audit.findings.level_{level}:{count}|g")
-    lines.append(f"{PREFIX}.audit.runs.outcome_{'ok' if exit_status == 0 else 'failed'}:1|c")
-    return lines
-
-
-def command(store: Path, *args: str) -> tuple[dict[str, Any], int]:
-    """`objstore-backend ARGS --json` on the store: its JSON (last line) and exit status."""
     run = subprocess.run(
         [sys.executable, "-m", "objstore_backend.cli", *args, "--path", str(store), "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=environment,
     )
-    return json.loads(run.stdout.strip().splitlines()[-1]), run.returncode
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 class TimedStore:
@@ -152,12 +129,10 @@ def run(port: int, store_path: Path, rounds: int) -> None:
     for round_ in range(rounds):
         started = time.monotonic()
         store_round(store, store_path, round_)
-        report, status = command(store_path, "audit")
-        send_statsd(port, audit_lines(report, status))
+        command(store_path, port, "audit", "--fail-on", "error")
         if round_ % 2 == 1:
             for shard in range(SHARDS):
-                summary, status = command(store_path, "gc", "--shard", f"{shard}/{SHARDS}")
-                send_statsd(port, gc_lines(summary, shard, status))
+                command(store_path, port, "gc", "--shard", f"{shard}/{SHARDS}")
         time.sleep(max(0.0, ROUND_SECONDS - (time.monotonic() - started)))
 
 
