@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port, wait_for_http
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MONITORING = REPO / "terraform-example" / "monitoring"
@@ -106,7 +106,6 @@ def prometheus(workdir: Path, metrics_url: str, scrape_interval: str = "1s") -> 
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/-/ready")
         wait_for_first_scrape(url)
         yield url
     finally:
@@ -115,8 +114,16 @@ def prometheus(workdir: Path, metrics_url: str, scrape_interval: str = "1s") -> 
 
 
 def wait_for_first_scrape(url: str, timeout: float = 20.0) -> None:
-    """Until the exporter has been scraped once (Prometheus applies new targets every 5 s)."""
+    """Until Prometheus is ready (its /-/ready answers 503 while it starts) and has scraped the
+    exporter once (it applies new targets every 5 s)."""
     deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                break
+        except OSError:  # refused, or 503 while starting
+            assert time.monotonic() < deadline, f"Prometheus at {url} never became ready"
+            time.sleep(0.1)
     while not any(target["health"] == "up" for target in api(url, "/api/v1/targets")["activeTargets"]):
         assert time.monotonic() < deadline, f"Prometheus never scraped: {api(url, '/api/v1/targets')}"
         time.sleep(0.2)
