@@ -2,7 +2,8 @@
 # What the test suite needs from the system beyond .venv, as Debian packages: chromium (the
 # plugin's browser test), python3 and util-linux (tests/test_image.py runs the CronJobs' commands
 # with Debian's /usr/bin/python3, unshare and setpriv), postgresql (a real metadata DB for
-# Airflow), nodejs and npm (Azurite, which scripts/install-azurite.sh then puts in .npm-tools/).
+# Airflow), nodejs and npm (Azurite, which scripts/install-azurite.sh then puts in .npm-tools/),
+# prometheus (its promtool and a real server check terraform-example/monitoring/).
 # Quick and quiet when all is there; apt-get (one update) only for what is missing, as root; any
 # other user gets the command to run. --check installs nothing: it lists what is missing and
 # exits 1 if anything is. ROOT (default /) is where the files are looked for.
@@ -31,6 +32,7 @@ missing=()
 { has unshare && has setpriv; } || missing+=(util-linux)
 postgresql_installed || missing+=(postgresql)
 { has node && has npm; } || missing+=(nodejs npm)
+{ has prometheus && has promtool; } || missing+=(prometheus)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=

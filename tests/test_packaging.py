@@ -406,14 +406,15 @@ def test_the_test_command_names_the_system_packages_a_fresh_machine_lacks(tmp_pa
 
     bare = _check_test_deps(root, bin_dir)
     assert bare.returncode == 1, bare.stderr
+    packages = "chromium python3 util-linux postgresql nodejs npm prometheus"
     assert bare.stdout.splitlines() == [
-        "missing: chromium python3 util-linux postgresql nodejs npm",
-        "install with: apt-get update && apt-get install -y chromium python3 util-linux postgresql nodejs npm",
+        f"missing: {packages}",
+        f"install with: apt-get update && apt-get install -y {packages}",
     ]
 
     for path in ("usr/bin/chromium", "usr/bin/python3", "usr/lib/postgresql/15/bin/pg_ctl"):
         _executable(root / path)
-    for command in ("unshare", "setpriv", "node", "npm"):
+    for command in ("unshare", "setpriv", "node", "npm", "prometheus", "promtool"):
         _executable(bin_dir / command)
     complete = _check_test_deps(root, bin_dir)
     assert (complete.returncode, complete.stdout, complete.stderr) == (0, "", "")
