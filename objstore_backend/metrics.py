@@ -152,6 +152,8 @@ def _build() -> Metrics:
         logger.warning(
             "otel_on needs the OpenTelemetry SDK (pip install 'objstore-backend[metrics]'): %s; metrics off", exc
         )
+    except Exception as exc:  # a sink that cannot be set up (no route, no IPv6...) never fails the work
+        logger.warning("cannot set up metrics (%r); metrics off for this process", exc)
     return _OFF
 
 

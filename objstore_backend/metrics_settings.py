@@ -99,9 +99,10 @@ def _patterns(lookup: Lookup, key: str) -> tuple[re.Pattern[str], ...] | None:
 
 def _prefix(lookup: Lookup, key: str) -> str:
     text, source = _value(lookup, key, "airflow")
-    if not _PREFIX.fullmatch(text):
+    if not _PREFIX.fullmatch(text) or (key == "otel_prefix" and not text[:1].isalpha()):
         raise ValueError(
-            f"{source} must be dot-separated ASCII letters, digits, '_', '-' or '/' (e.g. airflow), got {text!r}"
+            f"{source} must be dot-separated ASCII letters, digits, '_', '-' or '/' (e.g. airflow; for "
+            f"OpenTelemetry starting with a letter), got {text!r}"
         )
     return text
 

@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -60,8 +61,8 @@ class Sink(Metrics):
             return
         try:
             self._send(kind, name, value, tags)
-        except OSError as exc:
-            self.fail(str(exc))
+        except Exception as exc:  # an unreachable sink, a name the SDK refuses: never the caller's failure
+            self.fail(repr(exc) if not isinstance(exc, OSError) else str(exc))
 
     def _send(self, kind: str, name: str, value: float, tags: Mapping[str, str]) -> None:
         raise NotImplementedError
@@ -185,7 +186,9 @@ class OTelSink(Sink):
         atexit.register(self.close)
 
     def where(self) -> str:
-        return str(self._endpoint)
+        """The endpoint without any user part (an OTLP endpoint may carry credentials)."""
+        parts = urllib.parse.urlsplit(str(self._endpoint))
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     def _instrument(self, kind: str, name: str) -> Any:
         instrument = self._instruments.get((kind, name))
@@ -225,8 +228,7 @@ class AirflowStatsSink(Sink):
         super().__init__(settings)
         self._stats = stats
 
-    def _emit(self, kind: str, stat: str, value: float, tags: Mapping[str, str]) -> None:
-        name = NAMESPACE + stat
+    def _send(self, kind: str, name: str, value: float, tags: Mapping[str, str]) -> None:
         if self.settings.tag_style == "suffix":
             name, tags = name + tag_suffix(tags), {}
         tags_or_none = dict(tags) or None

@@ -306,6 +306,7 @@ CLOSED_PORT = free_port()  # nothing listens there
         ),
         ({"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_PREFIX": "air flow"}, "STATSD_PREFIX"),
         ({"AIRFLOW__METRICS__OTEL_ON": "True", "AIRFLOW__METRICS__OTEL_PREFIX": ".airflow"}, "OTEL_PREFIX"),
+        ({"AIRFLOW__METRICS__OTEL_ON": "True", "AIRFLOW__METRICS__OTEL_PREFIX": "_airflow"}, "OTEL_PREFIX"),
         (
             {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__METRICS_ALLOW_LIST": "gc.(["},
             "METRICS_ALLOW_LIST",
@@ -319,6 +320,7 @@ CLOSED_PORT = free_port()  # nothing listens there
         "closed-otlp-port",
         "bad-prefix",
         "bad-otel-prefix",
+        "otel-prefix-not-a-letter-first",
         "bad-allow-list",
         "bad-boolean",
     ],
