@@ -267,7 +267,11 @@ class _Sweep:
             for group in plan.lister_groups(stretch, self.options.list_concurrency)
         ]
         self.report.ranges = len(listers)
-        await asyncio.gather(*(self.sweep_range(fs, self.index.cursor(plan, group)) for group in listers))
+
+        def clean() -> bool:  # units swept after an error are swept again by a retry of this shard
+            return self.report.errors == 0
+
+        await asyncio.gather(*(self.sweep_range(fs, self.index.cursor(plan, group, clean)) for group in listers))
         if not self.report.errors:
             self.counts.list_requests += await self.index.settle(plan)
         if self.options.shard[0] == 0:  # one walk of the whole store, not one per shard

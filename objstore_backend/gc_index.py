@@ -194,8 +194,18 @@ def _run_name(run: str) -> str:
     return f"runs/{hashlib.sha256(run.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
 
 
-#: A run's record is dropped once this old: no shard of a run starts this long after the first.
+#: A run's record is dropped once this old.
 RUN_RECORDS_KEPT = timedelta(days=7)
+#: A shard whose run id was first seen longer ago than this begins a new run under that id (a
+#: Job made again under its old name, an Airflow run cleared): shards of one run start within it.
+RUN_WINDOW = timedelta(hours=12)
+
+
+def _began_within_window(began: str) -> bool:
+    try:
+        return datetime.now(timezone.utc) - datetime.fromisoformat(began) < RUN_WINDOW
+    except (ValueError, TypeError):
+        return False
 
 
 @dataclass
@@ -247,6 +257,8 @@ class SweepIndex:
     on_damage: Callable[[str], None] = lambda message: None
     #: The run this sweep belongs to (its shards share one plan), or ``None``.
     run: str | None = None
+    #: The run as its manifests name it: its id and when it began (set by :meth:`plan`).
+    sweep: str | None = None
     _token: str = field(default_factory=lambda: secrets.token_hex(6))
 
     @classmethod
@@ -279,6 +291,18 @@ class SweepIndex:
             self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
         return None
 
+    async def _read_run(self, run: str) -> tuple[int, str] | None:
+        """The generation run ``run`` took and when it began, if recorded."""
+        name = _run_name(run)
+        try:
+            body = await self.location.read_document(name, "run")
+            return None if body is None else (int(body["generation"]), str(body["started"]))
+        except IndexDamaged as exc:
+            self.damaged(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
+        return None
+
     async def _create(self, name: str, kind: str, body: dict[str, Any]) -> bool:
         """Write a document only if there is none yet (False: another shard was first)."""
         if not self.writable:
@@ -288,11 +312,13 @@ class SweepIndex:
     async def plan(self, store: ObjectStore, fs: Any, shards: int = 1) -> tuple[Plan, int]:
         """The plan this shard's run sweeps by, and the listing requests it took to learn it.
 
-        A run's recorded generation; else the current one, recorded for the run; else (a first
-        run, or the current plan damaged) a discovery's, stored as the next generation."""
-        if self.run is not None:
-            recorded = await self._read_generation(_run_name(self.run))
-            if recorded is not None and (plan := await self._read_plan(recorded)) is not None:
+        A run's recorded generation (if the run began within :data:`RUN_WINDOW`); else the
+        current one, recorded for the run; else (a first run, or the current plan damaged) a
+        discovery's, stored as the next generation."""
+        record = None if self.run is None else await self._read_run(self.run)
+        if record is not None and _began_within_window(record[1]):
+            if (plan := await self._read_plan(record[0])) is not None:
+                self.sweep = f"{self.run}@{record[1]}"
                 return plan, 0
         current = await self._read_generation("current.json")
         plan = None if current is None else await self._read_plan(current)
@@ -304,12 +330,19 @@ class SweepIndex:
             if not await self._create(_plan_name(generation), "plan", plan.to_dict()):
                 plan = await self._read_plan(generation) or plan  # another shard's discovery won
             await self._write_current(plan.generation)
-        if self.run is not None and not await self._create(
-            _run_name(self.run), "generation", {"generation": plan.generation}
-        ):  # another shard of this run recorded its generation first: take that one
-            recorded = await self._read_generation(_run_name(self.run))
-            if recorded is not None and recorded != plan.generation:
-                plan = await self._read_plan(recorded) or plan
+        if self.run is not None:
+            began = datetime.now(timezone.utc).isoformat()
+            body = {"generation": plan.generation, "started": began}
+            if record is None:
+                if not await self._create(_run_name(self.run), "run", body):
+                    # another shard of this run recorded it first: take its plan
+                    record = await self._read_run(self.run)
+                    if record is not None:
+                        began = record[1]
+                        plan = await self._read_plan(record[0]) or plan
+            elif self.writable:  # the id of a run that began long ago (a Job made again): a new run
+                await self.location.write_document(_run_name(self.run), "run", body)
+            self.sweep = f"{self.run}@{began}"
         return plan, requests
 
     async def _write_current(self, generation: int) -> None:
@@ -337,13 +370,15 @@ class SweepIndex:
 
     async def unswept(self, plan: Plan, units: range) -> list[int]:
         """The units of ``units`` this run has not swept yet (all of them without a run id)."""
-        if self.run is None or not self.writable:
+        if self.sweep is None or not self.writable or self.full:
             return list(units)
         manifests = await self._manifests([plan.units[i] for i in units])
-        return [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.run]
+        return [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.sweep]
 
-    def cursor(self, plan: Plan, units: range) -> UnitCursor:
-        return UnitCursor(self, plan, [plan.units[i] for i in units])
+    def cursor(self, plan: Plan, units: range, clean: Callable[[], bool] = lambda: True) -> UnitCursor:
+        """A lister's cursor; a unit it publishes while ``clean()`` is False is not marked swept
+        by the run (a shard started again sweeps it again: its errors get another try)."""
+        return UnitCursor(self, plan, [plan.units[i] for i in units], clean)
 
     async def settle(self, plan: Plan) -> int:
         """After a shard's sweep: once every unit has been swept (by this run, with a run id),
@@ -356,7 +391,7 @@ class SweepIndex:
             return 0
         found = await self._manifests(plan.units)
         manifests = [manifest for manifest in found if manifest is not None]
-        if len(manifests) < len(found) or any(self.run is not None and m.run != self.run for m in manifests):
+        if len(manifests) < len(found) or any(self.sweep is not None and m.run != self.sweep for m in manifests):
             return 0  # some units not swept yet (other shards still running, or failed)
         pieces = [(part.range, part.count) for manifest in manifests for part in manifest.parts]
         counts = [sum(part.count for part in manifest.parts) for manifest in manifests]
@@ -456,8 +491,8 @@ class _UnitReader:
 class _UnitWriter:
     """A unit's new index, written part by part, published by its manifest."""
 
-    def __init__(self, index: SweepIndex, plan: Plan, unit: KeyRange) -> None:
-        self.index, self.plan, self.unit = index, plan, unit
+    def __init__(self, index: SweepIndex, plan: Plan, unit: KeyRange, clean: Callable[[], bool]) -> None:
+        self.index, self.plan, self.unit, self.clean = index, plan, unit, clean
         self.parts: list[_Part] = []
         self._lines: list[bytes] = []
         self._count = 0
@@ -483,7 +518,8 @@ class _UnitWriter:
     async def publish(self, replaced: list[_Part] | None) -> None:
         """Write the last part and the manifest, then drop the parts of the manifest replaced."""
         await self._flush(self.unit.upto)
-        body = {"range": self.unit.as_list(), "parts": [part.as_dict() for part in self.parts], "run": self.index.run}
+        swept_by = self.index.sweep if self.clean() else None
+        body = {"range": self.unit.as_list(), "parts": [part.as_dict() for part in self.parts], "run": swept_by}
         await self.index.location.write_document(_manifest_name(self.unit), "unit", body)
         mine = {part.name for part in self.parts}
         await self.index.location.delete([p.name for p in replaced or [] if p.name and p.name not in mine])
@@ -492,12 +528,12 @@ class _UnitWriter:
 class UnitCursor:
     """One lister's walk through its units, in key order: recall entries, record the new index."""
 
-    def __init__(self, index: SweepIndex, plan: Plan, units: list[KeyRange]) -> None:
-        self.index, self.plan, self.units = index, plan, units
+    def __init__(self, index: SweepIndex, plan: Plan, units: list[KeyRange], clean: Callable[[], bool]) -> None:
+        self.index, self.plan, self.units, self.clean = index, plan, units, clean
         self._reading = 0
         self._readers: dict[int, _UnitReader] = {}
         self._writing = 0
-        self._writer = _UnitWriter(index, plan, units[0])
+        self._writer = _UnitWriter(index, plan, units[0], clean)
 
     @property
     def range(self) -> KeyRange:
@@ -537,7 +573,7 @@ class UnitCursor:
         self._readers.pop(self._writing, None)
         self._writing += 1
         if self._writing < len(self.units):
-            self._writer = _UnitWriter(self.index, self.plan, self.units[self._writing])
+            self._writer = _UnitWriter(self.index, self.plan, self.units[self._writing], self.clean)
 
     async def close(self) -> None:
         """The listing reached the end of the range: publish every unit not yet published."""

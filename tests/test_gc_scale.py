@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -410,6 +411,22 @@ def test_a_damaged_plan_or_run_record_means_a_new_plan_never_a_wrong_delete(
     reports = [run_gc(store, GCOptions(shard=(i, 2), run_id="night-1", now=NEXT_NIGHT)) for i in (1, 0)]
     assert all(r.index_damaged >= 1 and r.errors == 0 for r in reports)
     assert sum(r.deleted for r in reports) == 0 and sum(r.live for r in reports) >= len(keys) // 2
+
+
+def test_a_run_id_used_again_after_its_run_is_a_new_run(s3_bucket: str, s3_options: dict[str, Any]) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(400)
+    seed(store, keys)
+    assert run_gc(store, GCOptions(run_id="gc-manual")).scanned == len(keys)
+    assert run_gc(store, GCOptions(run_id="gc-manual")).scanned == 0  # the same run, started again
+    [record] = store.fs.find(store.full_path(RESERVED_PREFIX + "runs/"))
+    document = orjson.loads(store.fs.cat_file(record))
+    began = (datetime.now(timezone.utc) - timedelta(hours=13)).isoformat()
+    body = {**document["body"], "started": began}
+    sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    store.fs.pipe_file(record, orjson.dumps({**document, "body": body, "sha256": sha256}))
+    again = run_gc(store, GCOptions(run_id="gc-manual"))  # a Job made again under its name next night
+    assert again.scanned == len(keys) and again.units_skipped == 0
 
 
 @pytest.mark.parametrize(
