@@ -227,7 +227,8 @@ async def discover(transport: Any, fs: Any, base: str, shards: int = 1) -> tuple
             found, more = await transport.list_prefixes(fs, base + top.start, max_pages=pages)
             requests += more
             top.children = _children(base, top, found, more < pages or len(found) < PAGE * pages)
-    probes = not type(transport).__name__.startswith("Azure")
+    # one shard needs no cuts: its units only size the index parts until its sweep counts them
+    probes = shards > 1 and not type(transport).__name__.startswith("Azure")
     while probes and requests < discovery_budget(shards, survey.estimate(survey.root)):
         least = survey.estimate(survey.root) / (32 * max(shards, 1))
         step = survey.next_request(least)

@@ -406,7 +406,7 @@ class SweepIndex:
             await self._write_current(new.generation)
             if plan.generation > 0:
                 await self.location.delete([_plan_name(plan.generation - 1)])
-        return await self._forget_old_runs()
+        return await self._forget_old_runs() if self.run is not None else 0
 
     async def _forget_old_runs(self) -> int:
         """Delete run records older than :data:`RUN_RECORDS_KEPT`; the listing requests made."""
