@@ -82,8 +82,12 @@ class _Survey:
 
     def add_page(self, after: str, page: list[str]) -> None:
         """A probe's answer: its keys, the stretch it listed, and the prefix it lay wholly inside."""
+        # a page from a key a page showed may hold one key fewer and still not be the last: GCS's
+        # startOffset includes that key, and the transport drops it
+        at = bisect.bisect_left(self.keys, after)
+        full = len(page) >= (PAGE - 1 if at < len(self.keys) and self.keys[at] == after else PAGE)
         self.keys = sorted(set(self.keys).union(page))
-        through = page[-1] if len(page) == PAGE else PAST
+        through = page[-1] if full else PAST
         merged: list[tuple[str, str]] = []
         for span in sorted([*self.listed, (after, through)]):
             if merged and span[0] <= merged[-1][1]:
@@ -91,7 +95,7 @@ class _Survey:
             else:
                 merged.append(span)
         self.listed = merged
-        if len(page) == PAGE:
+        if full:
             self.full_pages.append((page[0], page[-1]))
         self._estimates.clear()
 

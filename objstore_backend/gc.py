@@ -261,11 +261,9 @@ class _Sweep:
         self.counts.list_requests += discovery_requests
         units = await self.index.unswept(plan, plan.shard_units(*self.options.shard))
         self.report.units_skipped = len(plan.shard_units(*self.options.shard)) - len(units)
-        listers = [
-            group
-            for stretch in _stretches(units)
-            for group in plan.lister_groups(stretch, self.options.list_concurrency)
-        ]
+        stretches = _stretches(units)  # one, unless a shard started again skips swept units
+        per_stretch = max(1, self.options.list_concurrency // max(len(stretches), 1))
+        listers = [group for stretch in stretches for group in plan.lister_groups(stretch, per_stretch)]
         self.report.ranges = len(listers)
 
         def clean() -> bool:  # units swept after an error are swept again by a retry of this shard

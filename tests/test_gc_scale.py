@@ -442,3 +442,19 @@ def test_a_shard_knows_its_run_from_the_env_or_its_kubernetes_job(
     environ: dict[str, str], hostname: str, run: str | None
 ) -> None:
     assert default_run_id(environ, hostname) == run
+
+
+@pytest.mark.parametrize("store_kind", ["gcs"])
+def test_the_first_plan_pages_on_through_a_prefix_of_many_keys_on_gcs(
+    store_location: tuple[str, dict[str, Any]],
+) -> None:
+    """GCS lists from a key inclusive: a page that goes on from a key shown holds one key fewer."""
+    url, options = store_location
+    store = ObjectStore(url, options)
+    keys = [f"task/big/manual/t/-1/k{i:05}" for i in range(2500)]  # one map index: keys, no prefixes
+    keys += [f"task/dag{i % 12:02}/run{i // 120:03}/t/-1/k{i}" for i in range(500)]
+    seed(store, keys)
+    plan, _ = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), 16))
+    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
+    sizes = [sum(per_unit[u] for u in plan.shard_units(i, 16)) for i in range(16)]
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / 16, sizes

@@ -630,7 +630,11 @@ def container_env(cronjob: dict[str, Any]) -> dict[str, str]:
         assert source["configMapRef"]["name"] == "objstore-backend"
         env.update(config_map_data())
     for var in spec.get("env", []):
-        env[var["name"]] = var["value"]
+        if "valueFrom" in var:  # the downward API: only the Job's name is used
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}
+            env[var["name"]] = f"{cronjob['metadata']['name']}-29410417"  # a Job the CronJob made
+        else:
+            env[var["name"]] = var["value"]
     if cronjob["spec"]["jobTemplate"]["spec"].get("completionMode") == "Indexed":
         env["JOB_COMPLETION_INDEX"] = "0"  # set by the Job controller; a sample index
     return env
@@ -720,6 +724,9 @@ def test_sharded_gc_is_an_indexed_job_whose_shards_cover_the_key_space() -> None
     assert job["parallelism"] == shards
     argv = command_line(cronjob)
     assert argv[argv.index("--shard") + 1] == f"$(JOB_COMPLETION_INDEX)/{shards}"
+    # every shard of a run sweeps by one plan: the run is the Job, as the command reads it
+    env = container_env(cronjob)
+    assert env["OBJSTORE_BACKEND_RUN_ID"].startswith("objstore-backend-gc-sharded-")
     # The component swaps it in for the single GC, never beside it.
     component = yaml_documents(EXAMPLE / "kubernetes/components/sharded-gc/kustomization.yaml")[0]
     (patch,) = component["patches"]
