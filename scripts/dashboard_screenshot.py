@@ -3,15 +3,13 @@ data of a real run, for the README.
 
 The run: a local store gets real calls through ObjectStoreBackend (sets with and without expiry,
 gets, deletes, clears, and a read of a damaged object), and each round runs the real
-`objstore-backend audit` and, every other round, `objstore-backend gc` on both shards with
-Airflow's [metrics] statsd_on settings; their StatsD lines go over UDP to the exporter
+`objstore-backend audit` and, every other round, `objstore-backend gc` on both shards. The store,
+the GC and the audit all report their own metrics, turned on by Airflow's [metrics] statsd_on
+settings in this process as in the commands'; their StatsD lines go over UDP to the exporter
 (tests/statsd_bridge.py applying statsd-mapping.yml), which a real Prometheus scrapes every second.
 Grafana cannot run here, so each panel's queries go to Prometheus's query_range API as Grafana
 sends them, and this script draws the answers as inline SVG in the dashboard's grid; headless
 Chromium takes the screenshot.
-
-The GC and the audit report their metrics themselves. Until the store does too,
-:class:`TimedStore` times this script's store calls and sends the contract's lines for them.
 
     python scripts/dashboard_screenshot.py [--rounds 10] [--out docs/metrics-dashboard.png]
 """
@@ -27,32 +25,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from airflow.sdk.observability import stats  # noqa: E402
+from airflow.sdk.observability.metrics import stats_utils  # noqa: E402
 from airflow.sdk.state import TaskScope  # noqa: E402
 
+from objstore_backend import metrics  # noqa: E402
 from objstore_backend.backend import ObjectStoreBackend  # noqa: E402
 from objstore_backend.config import StoreSettings  # noqa: E402
-from objstore_backend.errors import CorruptObjectError, StateObjectMissingError  # noqa: E402
+from objstore_backend.errors import CorruptObjectError  # noqa: E402
 from tests.monitoring_stack import (  # noqa: E402
     DASHBOARD,
     api,
     dashboard_targets,
     prometheus,
     promql,
-    send_statsd,
     statsd_exporter,
 )
 from tests.test_plugin import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-PREFIX = "airflow.objstore_backend"
 SHARDS = 2
 ROUND_SECONDS = 6.0
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval is for a 1 s scrape and this range's step
@@ -62,48 +59,38 @@ PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b
 # --- the run -------------------------------------------------------------------------------------
 
 
-def command(store: Path, port: int, *args: str) -> None:
-    """`objstore-backend ARGS` on the store, reporting to the exporter through Airflow's [metrics]
-    settings, as the CronJobs do."""
-    environment = {
-        **os.environ,
+def statsd_settings(port: int) -> dict[str, str]:
+    """Airflow's [metrics] settings that send StatsD to the exporter, as the deployment sets them."""
+    return {
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
         "AIRFLOW__METRICS__STATSD_PORT": str(port),
     }
+
+
+def report_store_calls_to(port: int) -> None:
+    """This process's store calls reported to the exporter: the settings in the environment, then
+    Airflow's ``Stats`` (set up when the SDK was imported, with metrics off) and the store's metrics
+    built again from them."""
+    os.environ.update(statsd_settings(port))
+    stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True)
+    metrics.shutdown()
+
+
+def command(store: Path, port: int, *args: str) -> None:
+    """`objstore-backend ARGS` on the store, reporting to the exporter through Airflow's [metrics]
+    settings, as the CronJobs do."""
     run = subprocess.run(
         [sys.executable, "-m", "objstore_backend.cli", *args, "--path", str(store), "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=environment,
+        env={**os.environ, **statsd_settings(port)},
     )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-class TimedStore:
-    """The store calls of the run, each sent as the contract's count, timer, bytes and errors."""
-
-    def __init__(self, backend: ObjectStoreBackend, port: int) -> None:
-        self.backend, self.port = backend, port
-
-    def call(self, op: str, size: int, function: Callable[[], Any]) -> Any:
-        lines = [f"{PREFIX}.store.{op}.mode_primary:1|c"]
-        start = time.perf_counter()
-        try:
-            result = function()
-        except (CorruptObjectError, StateObjectMissingError) as error:
-            kind = "corrupt" if isinstance(error, CorruptObjectError) else "missing"
-            lines.append(f"{PREFIX}.store.{op}.errors.mode_primary.kind_{kind}:1|c")
-            result = None
-        lines.append(f"{PREFIX}.store.{op}.duration.mode_primary:{(time.perf_counter() - start) * 1000:.3f}|ms")
-        if size:
-            lines.append(f"{PREFIX}.store.{op}.bytes.mode_primary:{size}|c")
-        send_statsd(self.port, lines)
-        return result
-
-
-def store_round(store: TimedStore, path: Path, round_: int) -> None:
+def store_round(backend: ObjectStoreBackend, path: Path, round_: int) -> None:
     """One round of task-state traffic: some keys expire before the next round, some never."""
     now = datetime.now(timezone.utc)
     for task in range(4 + round_ % 3):
@@ -111,29 +98,35 @@ def store_round(store: TimedStore, path: Path, round_: int) -> None:
         for key in range(12):
             value = json.dumps({"offset": key * 1000, "round": round_, "pad": "x" * (100 * key)})
             expires = None if key % 4 == 0 else now + timedelta(seconds=2 if key % 2 else 3600)
-            store.call("set", len(value), partial(store.backend.set, scope, f"k{key}", value, expires_at=expires))
-            stored = store.call("get", len(value), partial(store.backend.get, scope, f"k{key}"))
-            store.call("get", len(value), partial(store.backend.get, scope, f"k{key}"))
-            assert stored == value
-        store.call("delete", 0, partial(store.backend.delete, scope, "k1"))
+            backend.set(scope, f"k{key}", value, expires_at=expires)
+            assert backend.get(scope, f"k{key}") == value
+            backend.get(scope, f"k{key}")
+        backend.delete(scope, "k1")
         if task == 0:
-            store.call("clear", 0, partial(store.backend.clear, scope))
+            backend.clear(scope)
     if round_ > 0:  # an object damaged in the first round: each read of it fails as corrupt
         damaged = TaskScope("nightly_export", "run_0", "task_1")
         (path / "task/nightly_export/run_0/task_1/-1/k4").write_bytes(b"\x00 not json")
-        store.call("get", 0, partial(store.backend.get, damaged, "k4"))
+        try:
+            backend.get(damaged, "k4")
+        except CorruptObjectError:
+            pass
+        else:
+            raise AssertionError("the damaged object was read as sound")
 
 
 def run(port: int, store_path: Path, rounds: int) -> None:
-    store = TimedStore(ObjectStoreBackend(StoreSettings(path=str(store_path))), port)
+    report_store_calls_to(port)
+    backend = ObjectStoreBackend(StoreSettings(path=str(store_path)))
     for round_ in range(rounds):
         started = time.monotonic()
-        store_round(store, store_path, round_)
+        store_round(backend, store_path, round_)
         command(store_path, port, "audit", "--fail-on", "error")
         if round_ % 2 == 1:
             for shard in range(SHARDS):
                 command(store_path, port, "gc", "--shard", f"{shard}/{SHARDS}")
         time.sleep(max(0.0, ROUND_SECONDS - (time.monotonic() - started)))
+    metrics.shutdown()
 
 
 # --- drawing the dashboard -----------------------------------------------------------------------
