@@ -40,19 +40,25 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 #: Fixtures that migrate or run Airflow: a test using one depends on the Airflow release.
 AIRFLOW_FIXTURES = {"migrated_db"}
+#: Modules that do not depend on the Airflow release and run once, in the run beside the 3.3 run
+#: (scripts/test.sh): the two runs then take about the same time.
+BESIDE_MODULES = {"test_gc_scale.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects: the marks below must be there by then
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark what depends on the Airflow release ``airflow_bound`` (scripts/test.sh runs it on 3.3 and
     again on 3.4): a test marked so, one that runs Airflow (``airflow``) or uses an Airflow fixture, unless
-    it runs ``every_release`` itself; drop ``airflow34`` tests when this venv's Airflow is 3.3."""
+    it runs ``every_release`` itself; mark the rest of :data:`BESIDE_MODULES` ``beside``; drop ``airflow34``
+    tests when this venv's Airflow is 3.3."""
     on_airflow_33 = running_release() == "3.3"
     kept, deselected = [], []
     for item in items:
         bound = item.get_closest_marker("airflow") or AIRFLOW_FIXTURES & set(item.fixturenames)
         if item.get_closest_marker("airflow34") or bound and not item.get_closest_marker("every_release"):
             item.add_marker(pytest.mark.airflow_bound)
+        elif item.path.name in BESIDE_MODULES:
+            item.add_marker(pytest.mark.beside)
         (deselected if on_airflow_33 and item.get_closest_marker("airflow34") else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
