@@ -30,9 +30,11 @@ class SortedListing:
     def __init__(self, keys: list[str]) -> None:
         self.keys = sorted(keys)
 
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
         found: list[str] = []
-        at = bisect.bisect_right(self.keys, prefix)
+        at = bisect.bisect_right(self.keys, max(prefix, start_after or ""))
         while at < len(self.keys) and self.keys[at].startswith(prefix) and len(found) < PAGE * max_pages:
             rest = self.keys[at][len(prefix) :]
             if "/" in rest:

@@ -59,11 +59,12 @@ class _Node:
     end: str  # ... and at or before this
     listable: bool = True  # a prefix whose children a delimiter listing can name
     children: list[_Node] | None = None
+    prior: float = 0.0  # the keys it was estimated to hold when listed before any page reached it
 
 
-def _lower_median(values: list[float]) -> float:
+def _lower_median(values: list[float]) -> float | None:
     """The siblings' typical size, not pulled up by the one huge sibling a skewed bucket has."""
-    return sorted(values)[(len(values) - 1) // 2] if values else float(PAGE)
+    return sorted(values)[(len(values) - 1) // 2] if values else None
 
 
 @dataclass
@@ -75,10 +76,12 @@ class _Survey:
     listed: list[tuple[str, str]] = field(default_factory=list)  # (after, through], disjoint, sorted
     full_pages: list[tuple[str, str]] = field(default_factory=list)  # (first key, last key)
     _estimates: dict[int, float] = field(default_factory=dict)  # by node id, until the next answer
+    _typical_at: dict[int, float | None] = field(default_factory=dict)  # by depth, until the next answer
 
     def learnt(self) -> None:
         """A listing named a prefix's children: estimates are worked out again."""
         self._estimates.clear()
+        self._typical_at.clear()
 
     def add_page(self, after: str, page: list[str]) -> None:
         """A probe's answer: its keys, the stretch it listed, and the prefix it lay wholly inside."""
@@ -98,6 +101,7 @@ class _Survey:
         if full:
             self.full_pages.append((page[0], page[-1]))
         self._estimates.clear()
+        self._typical_at.clear()
 
     def crowded(self, node: _Node) -> bool:
         """A whole page lay inside this prefix: only its children can tell how large it is."""
@@ -141,35 +145,76 @@ class _Survey:
         return sum(self.estimate(child, typical) for child in node.children)
 
     def typical(self, node: _Node) -> float:
-        """What a child of ``node`` that no listing has sized is estimated to hold."""
-        return _lower_median([self.estimate(child) for child in node.children or [] if self.known(child)])
+        """What a child of ``node`` that no listing has sized is estimated to hold: like its sized
+        siblings, else like the sized prefixes of its depth elsewhere (the runs of other DAGs),
+        else a page."""
+        seen = self._seen_typical(node)[0]
+        return float(PAGE) if seen is None else seen
 
-    def next_request(self, least: float) -> tuple[str, _Node] | None:
-        """The most useful request, ``("probe" | "list", node)``: a listing of a prefix a page lay
-        inside first, else whatever holds the most estimated keys (if more than ``least``)."""
-        best: tuple[float, str, _Node] | None = None
-        for weight, action, node in self._candidates(self.root, self.estimate(self.root)):
-            if weight > least and (best is None or weight > best[0]):
-                best = (weight, action, node)
-        return None if best is None else (best[1], best[2])
+    def _seen_typical(self, node: _Node) -> tuple[float | None, float]:
+        """The typical child of ``node`` and how much a look at one is worth per key: twice as
+        much if it was sized only as a share of what its parent was estimated to hold (one
+        DAG run holding half the keys is the one child of its DAG), half as much if like cousins
+        elsewhere (the runs of other DAGs, alike in Airflow's layout), once if like its siblings."""
+        sized = _lower_median([self.estimate(child) for child in node.children or [] if self.known(child)])
+        if sized is not None:
+            return sized, 1.0
+        share = node.prior / len(node.children) if node.prior and node.children else 0.0
+        cousins = self._cousins(node.start.count("/") + 1)
+        if cousins is None:
+            return (share, 2.0) if share else (None, 1.0)
+        return (share, 2.0) if share > cousins else (cousins, 0.5)
 
-    def _candidates(self, node: _Node, weight: float) -> Iterator[tuple[float, str, _Node]]:
+    def _cousins(self, depth: int) -> float | None:
+        if depth not in self._typical_at:
+            self._typical_at[depth] = _lower_median([self.estimate(n) for n in self._sized_at(self.root, depth)])
+        return self._typical_at[depth]
+
+    def _sized_at(self, node: _Node, depth: int) -> Iterator[_Node]:
+        for child in node.children or []:
+            if child.start.count("/") == depth:
+                if self.known(child):
+                    yield child
+            elif child.children:
+                yield from self._sized_at(child, depth)
+
+    def next_request(self, least: float) -> tuple[str, _Node, float] | None:
+        """The most useful request, ``(action, node, keys node is estimated to hold)``: a listing
+        of a prefix a page lay inside first, else whatever holds the most estimated keys (if more
+        than ``least``). Actions: ``"probe"`` a page from the node's start (or past the keys shown
+        in it), ``"list"`` its children, ``"more"`` the children after those a listing named."""
+        best: tuple[float, str, _Node, float] | None = None
+        for candidate in self._candidates(self.root, self.estimate(self.root)):
+            if candidate[0] > least and (best is None or candidate[0] > best[0]):
+                best = candidate
+        return None if best is None else best[1:]
+
+    def _candidates(self, node: _Node, weight: float) -> Iterator[tuple[float, str, _Node, float]]:
         if self.covered(node):
             return
         if node.children is None and node.listable and self.reached(node):
-            yield (float("inf") if self.crowded(node) else weight), "list", node
+            yield (float("inf") if self.crowded(node) else weight), "list", node, weight
             return
-        if not node.children:  # not reached yet, keys only, or the rest of a long listing
-            yield weight, "probe", node
+        if not node.children:  # not reached yet, or keys only
+            yield weight, "probe", node, weight
             return
         typical = self.typical(node)
         unsampled: list[_Node] = []
         for child in [*node.children, None]:
+            if child is not None and not child.listable and not self.covered(child):
+                # the rest of a long listing: name the next page of children
+                yield self.estimate(child, typical), "more", node, weight
+                continue
             if child is not None and not self.known(child) and not self.reached(child):
                 unsampled.append(child)
                 continue
-            if unsampled:  # siblings nobody looked at: probe the middle one
-                yield typical * len(unsampled), "probe", unsampled[len(unsampled) // 2]
+            if unsampled:  # siblings nobody looked at: the middle one; a page would lie inside
+                # one as large as a page, so its children are named straight away
+                seen, worth = self._seen_typical(node)
+                action = (
+                    "list" if seen is not None and seen >= PAGE and worth <= 1 and unsampled[0].listable else "probe"
+                )
+                yield worth * typical * len(unsampled), action, unsampled[len(unsampled) // 2], typical
                 unsampled = []
             if child is not None:
                 yield from self._candidates(child, self.estimate(child, typical))
@@ -238,15 +283,26 @@ async def discover(transport: Any, fs: Any, base: str, shards: int = 1) -> tuple
         step = survey.next_request(least)
         if step is None:
             break
-        action, node = step
+        action, node, keys = step
         if action == "probe":
             after = survey.probe_start(node)
             survey.add_page(after, await _page(transport, fs, base, after))
             requests += 1
-        else:
+        elif action == "list":
+            if not survey.reached(node):
+                node.prior = keys
             found, more = await transport.list_prefixes(fs, base + node.start, max_pages=1)
             requests += more
             node.children = _children(base, node, found, len(found) < PAGE)
+            survey.learnt()
+        else:  # "more": the listing of ``node``'s children goes on after the ones named
+            assert node.children
+            rest = node.children[-1]
+            found, more = await transport.list_prefixes(
+                fs, base + node.start, max_pages=1, start_after=base + rest.start
+            )
+            requests += more
+            node.children[-1:] = _children(base, rest, found, len(found) < PAGE)
             survey.learnt()
     return _cut(list(survey.pieces(survey.root, survey.estimate(survey.root))), shards), requests
 

@@ -458,3 +458,15 @@ def test_the_first_plan_pages_on_through_a_prefix_of_many_keys_on_gcs(
     per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
     sizes = [sum(per_unit[u] for u in plan.shard_units(i, 16)) for i in range(16)]
     assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / 16, sizes
+
+
+@pytest.mark.parametrize("store_kind", ["s3", "gcs", "local", "azure"])
+def test_a_listing_of_prefixes_goes_on_after_the_ones_named(store_location: tuple[str, dict[str, Any]]) -> None:
+    """The first plan names a DAG's runs a page at a time: the next page starts after the last."""
+    url, options = store_location
+    store = ObjectStore(url, options)
+    seed(store, [f"task/dag/run{i}/t/-1/k" for i in range(6)] + ["task/dag/run3x/t/-1/k"])
+    base = store.full_path("task/dag/")
+    after = base + "run3/" + "\U0010ffff"  # past every key under run3/, as a listing's rest starts
+    found, requests = store._run(lambda fs: store.transport.list_prefixes(fs, base, start_after=after))
+    assert [path[len(base) :] for path in found] == ["run3x/", "run4/", "run5/"] and requests == 1

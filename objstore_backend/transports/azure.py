@@ -360,7 +360,10 @@ class AzureTransport(Transport):
             if not token or (end_at is not None and listed and listed[-1].path > end_at):
                 return
 
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
+        """Listed from the prefix's start (Azure's marker is opaque), those up to ``start_after`` dropped."""
         from azure.storage.blob.aio import BlobPrefix
 
         container = self._split(fs, prefix)[0]
@@ -370,7 +373,11 @@ class AzureTransport(Transport):
         while requests < max_pages:
             requests += 1
             items, token = await self._list_page(fs, prefix, token, delimiter="/")
-            found += [f"{container}/{item.name}" for item in items if isinstance(item, BlobPrefix)]
+            found += [
+                f"{container}/{item.name}"
+                for item in items
+                if isinstance(item, BlobPrefix) and in_slice(f"{container}/{item.name}", start_after, None)
+            ]
             if not token:
                 break
         return found, requests

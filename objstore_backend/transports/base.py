@@ -372,9 +372,12 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
         """The "directories" right under ``prefix`` (full paths ending in ``/``), at most ``max_pages``
-        pages of them, and the listing requests that took (the GC's split-point discovery)."""
+        pages of them, those after ``start_after`` (a full path) only if given, and the listing
+        requests that took (the GC's split-point discovery)."""
 
     @abstractmethod
     async def delete_batch(

@@ -165,14 +165,17 @@ class GCSTransport(Transport):
                 return
             params = {**params, "pageToken": page["nextPageToken"]}
 
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
         bucket = fs.split_path(prefix)[0]
         found: list[str] = []
+        first = {"startOffset": fs.split_path(start_after)[1]} if start_after else {}
         params: dict[str, str] = {}
         requests = 0
         while requests < max_pages:
             requests += 1
-            page = await self._list_call(fs, prefix, delimiter="/", **params)
+            page = await self._list_call(fs, prefix, delimiter="/", **first, **params)
             found += [f"{bucket}/{name}" for name in page.get("prefixes", [])]
             if "nextPageToken" not in page:
                 break

@@ -193,9 +193,11 @@ class EnvelopeTransport(Transport):
         for start in range(0, len(entries), S3_DELETE_BATCH):
             yield entries[start : start + S3_DELETE_BATCH]
 
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
         found = await self.attempt("listing", prefix, lambda: self._in_thread(fs, self._list_prefixes, prefix))
-        return found, 1
+        return [path for path in found if in_slice(path, start_after, None)], 1
 
     def _delete_if_unchanged(self, fs: Any, path: str, version: str | None) -> str | None:
         self._delete(fs, path)

@@ -308,10 +308,12 @@ class S3Transport(Transport):
                 return
             params = {"ContinuationToken": page["NextContinuationToken"]}
 
-    async def list_prefixes(self, fs: Any, prefix: str, *, max_pages: int = 2) -> tuple[list[str], int]:
+    async def list_prefixes(
+        self, fs: Any, prefix: str, *, max_pages: int = 2, start_after: str | None = None
+    ) -> tuple[list[str], int]:
         bucket = self._split(fs, prefix)[0]
         found: list[str] = []
-        params: dict[str, str] = {}
+        params = {"StartAfter": self._split(fs, start_after)[1]} if start_after else {}
         requests = 0
         while requests < max_pages:
             requests += 1
