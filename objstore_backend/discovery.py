@@ -198,7 +198,11 @@ class _Survey:
         if not node.children:  # not reached yet, or keys only
             yield weight, "probe", node, weight
             return
-        typical = self.typical(node)
+        seen, worth = self._seen_typical(node)
+        typical = float(PAGE) if seen is None else seen
+        # siblings nobody looked at as large as a page: a page would lie inside the one looked
+        # at, so its children are named straight away (unless sized only as a share, see above)
+        name_them = seen is not None and seen >= PAGE and worth <= 1
         unsampled: list[_Node] = []
         for child in [*node.children, None]:
             if child is not None and not child.listable and not self.covered(child):
@@ -208,12 +212,8 @@ class _Survey:
             if child is not None and not self.known(child) and not self.reached(child):
                 unsampled.append(child)
                 continue
-            if unsampled:  # siblings nobody looked at: the middle one; a page would lie inside
-                # one as large as a page, so its children are named straight away
-                seen, worth = self._seen_typical(node)
-                action = (
-                    "list" if seen is not None and seen >= PAGE and worth <= 1 and unsampled[0].listable else "probe"
-                )
+            if unsampled:  # siblings nobody looked at: the middle one
+                action = "list" if name_them and unsampled[0].listable else "probe"
                 yield worth * typical * len(unsampled), action, unsampled[len(unsampled) // 2], typical
                 unsampled = []
             if child is not None:
