@@ -12,6 +12,7 @@ Layout, under the base's :data:`~objstore_backend.layout.RESERVED_PREFIX` (or ``
     plans/<generation>.json      a plan: units (key ranges) and weights (objstore_backend.partition),
                                  written once, never rewritten
     runs/<run>.json              the generation a run (``--run-id``) took: every shard of it takes it
+    claims/<generation>.json     the shard discovering a first plan: its siblings wait for that plan
     units/<id>.json              one unit's manifest: its parts (key range, keys, object, sha256) and
                                  the run that swept it (a retried shard of that run skips the unit)
     units/<id>/<token>-<n>.gz    a part: sorted lines "key<TAB>etag<TAB>modified<TAB>mode<TAB>expires"
@@ -26,7 +27,8 @@ Stores whose listing carries the metadata (GCS) keep manifests with counts only,
 One plan per run: the first shard of a run to start records the current generation for its run
 (a create-only write, so two first shards agree), the others read it, whatever order and time
 they start in. A plan learnt during a run (after its last unit is swept) becomes the current
-generation for the next run. Without a run id, each shard takes the current generation.
+generation for the next run. Without a run id, each shard takes the current generation. With no
+plan at all (the first run), one shard discovers it and the others wait for it (``claims/``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ import gzip
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -53,6 +56,7 @@ from objstore_backend.transports import S3Transport, Transport
 __all__ = ["IndexDamaged", "IndexLocation", "SweepIndex", "UnitCursor"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FORMAT = "objstore-backend-gc-index"
 VERSION = 1
@@ -189,6 +193,10 @@ def _plan_name(generation: int) -> str:
     return f"plans/{generation:08d}.json"
 
 
+def _claim_name(generation: int) -> str:
+    return f"claims/{generation:08d}.json"
+
+
 def _run_name(run: str) -> str:
     """A run id as an object name: hashed, so any id (a Job name, an Airflow run id) will do."""
     return f"runs/{hashlib.sha256(run.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
@@ -199,6 +207,10 @@ RUN_RECORDS_KEPT = timedelta(days=7)
 #: A shard whose run id was first seen longer ago than this begins a new run under that id (a
 #: Job made again under its old name, an Airflow run cleared): shards of one run start within it.
 RUN_WINDOW = timedelta(hours=12)
+
+
+#: How long the shards of a first run wait for the plan one of them is discovering.
+DISCOVERY_WAIT = timedelta(minutes=5)
 
 
 def _began_within_window(began: str) -> bool:
@@ -270,38 +282,30 @@ class SweepIndex:
         logger.warning("gc index: %s: a full pass where it applies", error)
         self.on_damage(str(error))
 
-    async def _read_plan(self, generation: int) -> Plan | None:
-        name = _plan_name(generation)
+    async def _read(self, name: str, kind: str, parse: Callable[[dict[str, Any]], _T]) -> _T | None:
+        """A document parsed by ``parse``; ``None`` if missing, or damaged (reported)."""
+        return (await self._lookup(name, kind, parse))[1]
+
+    async def _lookup(self, name: str, kind: str, parse: Callable[[dict[str, Any]], _T]) -> tuple[bool, _T | None]:
+        """Whether a document is there, and its value parsed by ``parse`` (``None`` if damaged: reported)."""
         try:
-            body = await self.location.read_document(name, "plan")
-            return None if body is None else Plan.from_dict(body)
+            body = await self.location.read_document(name, kind)
+            return (False, None) if body is None else (True, parse(body))
         except IndexDamaged as exc:
             self.damaged(exc)
         except (KeyError, TypeError, ValueError) as exc:
             self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
-        return None
+        return True, None
+
+    async def _read_plan(self, generation: int) -> Plan | None:
+        return await self._read(_plan_name(generation), "plan", Plan.from_dict)
 
     async def _read_generation(self, name: str) -> int | None:
-        try:
-            body = await self.location.read_document(name, "generation")
-            return None if body is None else int(body["generation"])
-        except IndexDamaged as exc:
-            self.damaged(exc)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
-        return None
+        return await self._read(name, "generation", lambda body: int(body["generation"]))
 
     async def _read_run(self, run: str) -> tuple[int, str] | None:
         """The generation run ``run`` took and when it began, if recorded."""
-        name = _run_name(run)
-        try:
-            body = await self.location.read_document(name, "run")
-            return None if body is None else (int(body["generation"]), str(body["started"]))
-        except IndexDamaged as exc:
-            self.damaged(exc)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.damaged(IndexDamaged(f"{name}: unreadable ({exc!r})"))
-        return None
+        return await self._read(_run_name(run), "run", lambda body: (int(body["generation"]), str(body["started"])))
 
     async def _create(self, name: str, kind: str, body: dict[str, Any]) -> bool:
         """Write a document only if there is none yet (False: another shard was first)."""
@@ -324,12 +328,7 @@ class SweepIndex:
         plan = None if current is None else await self._read_plan(current)
         requests = 0
         if plan is None:
-            generation = 0 if current is None else current + 1
-            plan, requests = await discover(store.transport, fs, store.full_path(""), shards)
-            plan = Plan(plan.bounds, plan.weights, generation=generation)
-            if not await self._create(_plan_name(generation), "plan", plan.to_dict()):
-                plan = await self._read_plan(generation) or plan  # another shard's discovery won
-            await self._write_current(plan.generation)
+            plan, requests = await self._discovered(store, fs, shards, 0 if current is None else current + 1)
         if self.run is not None:
             began = datetime.now(timezone.utc).isoformat()
             body = {"generation": plan.generation, "started": began}
@@ -344,6 +343,43 @@ class SweepIndex:
                 await self.location.write_document(_run_name(self.run), "run", body)
             self.sweep = f"{self.run}@{began}"
         return plan, requests
+
+    async def _discovered(self, store: ObjectStore, fs: Any, shards: int, generation: int) -> tuple[Plan, int]:
+        """Plan ``generation`` learnt by one discovery, and the listing requests this shard made.
+
+        The shards of a first run start together: the first to claim the generation (a
+        create-only write) lists, the others wait for the plan it stores. A claim older than
+        :data:`DISCOVERY_WAIT`, or a wait that long, means the claimant died: discover here."""
+        claim = _claim_name(generation)
+        now = datetime.now(timezone.utc)
+        if not await self._create(claim, "claim", {"started": now.isoformat()}):
+            began = await self._read(claim, "claim", lambda body: datetime.fromisoformat(body["started"]))
+            if began is not None and now - began < DISCOVERY_WAIT:
+                if (plan := await self._plan_when_stored(generation)) is not None:
+                    return plan, 0
+            logger.warning("gc index: plan %d, claimed at %s, is not there to read: discovering it", generation, began)
+        try:
+            plan, requests = await discover(store.transport, fs, store.full_path(""), shards)
+        except OSError:
+            await self.location.delete([claim])  # a retry of this shard claims it again at once
+            raise
+        plan = Plan(plan.bounds, plan.weights, generation=generation)
+        if not await self._create(_plan_name(generation), "plan", plan.to_dict()):
+            plan = await self._read_plan(generation) or plan  # another shard's discovery won
+        await self._write_current(plan.generation)
+        return plan, requests
+
+    async def _plan_when_stored(self, generation: int) -> Plan | None:
+        """Plan ``generation`` once another shard stores it; ``None`` if it is stored damaged, or
+        not stored within :data:`DISCOVERY_WAIT`."""
+        deadline = time.monotonic() + DISCOVERY_WAIT.total_seconds()
+        pause = 0.1
+        while True:
+            stored, plan = await self._lookup(_plan_name(generation), "plan", Plan.from_dict)
+            if stored or time.monotonic() >= deadline:
+                return plan
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 5.0)
 
     async def _write_current(self, generation: int) -> None:
         if self.writable:
@@ -404,8 +440,8 @@ class SweepIndex:
             logger.info("gc index: the next run's plan: %d units rebalanced into %d", len(plan.units), len(new.units))
             await self._create(_plan_name(new.generation), "plan", new.to_dict())
             await self._write_current(new.generation)
-            if plan.generation > 0:
-                await self.location.delete([_plan_name(plan.generation - 1)])
+            if plan.generation > 0:  # and its claim, if a discovery made it
+                await self.location.delete([_plan_name(plan.generation - 1), _claim_name(plan.generation - 1)])
         return await self._forget_old_runs() if self.run is not None else 0
 
     async def _forget_old_runs(self) -> int:

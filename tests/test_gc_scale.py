@@ -19,12 +19,12 @@ import orjson
 import pytest
 from airflow.sdk.state import TaskScope
 
-from objstore_backend import cli
+from objstore_backend import cli, gc_index
 from objstore_backend.backend import ObjectStoreBackend
 from objstore_backend.config import StoreSettings
 from objstore_backend.discovery import discover, discovery_budget
 from objstore_backend.gc import GCOptions, GCReport, default_run_id, run_gc
-from objstore_backend.gc_index import _UnitWriter
+from objstore_backend.gc_index import SweepIndex, _UnitWriter
 from objstore_backend.layout import RESERVED_PREFIX, encode_segment, object_path, parse
 from objstore_backend.partition import KeyRange, Plan, balanced_cuts, rebalance
 from objstore_backend.store import ObjectMetadata, ObjectStore
@@ -365,6 +365,64 @@ def test_the_shards_of_one_run_share_its_plan_and_a_late_shard_scans_nothing_aga
     sizes = [r.scanned for r in second]
     assert sum(sizes) == len(keys) and max(sizes) <= 1.1 * len(keys) / 4, sizes
     assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+
+
+@pytest.mark.parametrize(("shards", "run_id"), [(8, "night-1"), (16, None)])
+def test_shards_of_a_first_run_started_together_discover_one_plan(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, shards: int, run_id: str | None
+) -> None:
+    """With no plan yet, one shard discovers it and the others wait for it: not one discovery each."""
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(800)
+    seed(store, keys)
+    moto_server.log.clear()
+    together = threading.Barrier(shards)
+
+    def shard(index: int) -> GCReport:
+        together.wait()
+        return run_gc(store, GCOptions(shard=(index, shards), run_id=run_id, concurrency=8))
+
+    with ThreadPoolExecutor(shards) as pool:
+        reports = list(pool.map(shard, range(shards)))
+    sizes = [r.scanned for r in reports]
+    assert sum(sizes) == len(keys) and sum(r.errors for r in reports) == 0
+    assert set(_heads(moto_server).values()) == {1} and len(_heads(moto_server)) == len(keys)
+    assert max(sizes) <= 1.5 * len(keys) / shards, sizes
+    assert sum(1 for r in reports if r.list_requests > 2) == 1  # one shard's discovery, the rest wait
+    pages = 1  # one listing of 800 keys
+    assert moto_server.log.by_kind()["LIST"] <= 1.25 * pages + 3 * shards
+
+
+def test_a_shard_waits_for_a_claimed_first_plan_only_so_long(
+    s3_bucket: str, s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard that claimed the first plan and died (no plan stored): its siblings discover it."""
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    keys = one_run_holds_half(400)
+    seed(store, keys)
+    index = SweepIndex.for_store(store)
+    claimed = {"started": datetime.now(timezone.utc).isoformat()}
+    store._run(lambda fs: index.location.write_document("claims/00000000.json", "claim", claimed))
+    monkeypatch.setattr(gc_index, "DISCOVERY_WAIT", timedelta(seconds=1))
+    report = run_gc(store, GCOptions(shard=(0, 1)))
+    assert (report.scanned, report.errors) == (len(keys), 0) and report.seconds >= 1
+    assert store.fs.exists(store.full_path(RESERVED_PREFIX + "plans/00000000.json"))
+
+
+def test_a_first_plan_whose_discovery_failed_is_not_left_claimed(
+    s3_bucket: str, s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard whose listing failed while it discovered the plan: its retry does not wait for itself."""
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    seed(store, one_run_holds_half(40))
+
+    async def throttled(*args: Any) -> Any:
+        raise OSError("SlowDown")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gc_index, "discover", throttled)
+        assert run_gc(store, GCOptions(shard=(0, 2))).errors == 1
+    assert store.fs.find(store.full_path(RESERVED_PREFIX + "claims/")) == []
 
 
 def test_a_shard_retried_after_a_failure_mid_sweep_skips_what_its_run_swept(
