@@ -74,7 +74,8 @@ class _Survey:
     root: _Node
     keys: list[str] = field(default_factory=list)  # every key a page showed, sorted
     listed: list[tuple[str, str]] = field(default_factory=list)  # (after, through], disjoint, sorted
-    full_pages: list[tuple[str, str]] = field(default_factory=list)  # (first key, last key)
+    #: (first key, last key), sorted: each is the next page of keys, so by its last key too
+    full_pages: list[tuple[str, str]] = field(default_factory=list)
     _estimates: dict[int, float] = field(default_factory=dict)  # by node id, until the next answer
     _typical_at: dict[int, float | None] = field(default_factory=dict)  # by depth, until the next answer
 
@@ -99,13 +100,14 @@ class _Survey:
                 merged.append(span)
         self.listed = merged
         if full:
-            self.full_pages.append((page[0], page[-1]))
+            bisect.insort(self.full_pages, (page[0], page[-1]))
         self._estimates.clear()
         self._typical_at.clear()
 
     def crowded(self, node: _Node) -> bool:
         """A whole page lay inside this prefix: only its children can tell how large it is."""
-        return node.listable and any(node.start < first and last <= node.end for first, last in self.full_pages)
+        after = bisect.bisect_right(self.full_pages, (node.start, PAST + PAST))  # the first page past its start
+        return node.listable and after < len(self.full_pages) and self.full_pages[after][1] <= node.end
 
     def _span(self, key: str) -> tuple[str, str] | None:
         at = bisect.bisect_left(self.listed, (key, PAST + PAST)) - 1
