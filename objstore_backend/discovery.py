@@ -11,9 +11,10 @@ index) from two kinds of listing request:
 - a *delimiter listing* of a prefix that a probe could not pass: it names the prefix's
   children, each then estimated at the mean of its siblings counted or estimated so far.
 
-It refines, one request at a time, whatever holds the most estimated keys: the middle of the
-largest run of siblings not looked at yet, or the children of the largest prefix no page has
-passed. Siblings are alike in Airflow's layout (runs of one DAG, indices of one mapped task),
+It refines whatever holds the most estimated keys: the middle of the largest run of siblings
+not looked at yet, or the children of the largest prefix no page has passed, in about
+:data:`ROUNDS` rounds of requests sent together. Siblings are alike in Airflow's layout (runs of
+one DAG, indices of one mapped task),
 so a few samples place the cuts; the outlier is found because the refining follows the weight.
 
 The budget (:func:`discovery_budget`) keeps a first run within the listing bound of every run:
@@ -24,6 +25,7 @@ first plan has a unit per DAG (or asset kind), weighted alike.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,15 +42,21 @@ PAGE = 1000
 PAST = "\U0010ffff"
 
 
+#: Rounds of requests a discovery takes at most: each round chooses its requests by a walk of
+#: every prefix named so far, so a large budget is spent a few requests at a time, together.
+ROUNDS = 32
+
+
 def discovery_budget(shards: int, estimated_keys: float = 0.0) -> int:
     """Listing requests a first plan may take: one, two per shard, and one per 5,000 keys the
     discovery estimates the bucket holds (a bucket of many large DAGs needs a request or two per
-    DAG to find the large one).
+    DAG to find the large one), those at most 256.
 
     The shards of a run list the bucket once between them, plus a partial last page each, and
     one listing drops old run records: with this budget a first run stays within 1.2 listings
-    plus 3 requests per shard."""
-    return 1 + 2 * max(shards, 1) + int(estimated_keys // (5 * PAGE))
+    plus 3 requests per shard. The cap keeps the discovery's memory (a prefix for each name its
+    listings return) and its time small beside the sweep's at any size."""
+    return 1 + 2 * max(shards, 1) + min(int(estimated_keys // (5 * PAGE)), 256)
 
 
 @dataclass
@@ -60,6 +68,10 @@ class _Node:
     listable: bool = True  # a prefix whose children a delimiter listing can name
     children: list[_Node] | None = None
     prior: float = 0.0  # the keys it was estimated to hold when listed before any page reached it
+
+
+#: A request the discovery may make: ``(action, node, keys node is estimated to hold)``.
+_Step = tuple[str, _Node, float]
 
 
 def _lower_median(values: list[float]) -> float | None:
@@ -74,14 +86,20 @@ class _Survey:
     root: _Node
     keys: list[str] = field(default_factory=list)  # every key a page showed, sorted
     listed: list[tuple[str, str]] = field(default_factory=list)  # (after, through], disjoint, sorted
-    full_pages: list[tuple[str, str]] = field(default_factory=list)  # (first key, last key)
+    #: (first key, last key), sorted: each is the next page of keys, so by its last key too
+    full_pages: list[tuple[str, str]] = field(default_factory=list)
     _estimates: dict[int, float] = field(default_factory=dict)  # by node id, until the next answer
     _typical_at: dict[int, float | None] = field(default_factory=dict)  # by depth, until the next answer
+    _typical_of: dict[int, tuple[float | None, float]] = field(default_factory=dict)  # by node id, likewise
 
     def learnt(self) -> None:
         """A listing named a prefix's children: estimates are worked out again."""
+        self._forget()
+
+    def _forget(self) -> None:
         self._estimates.clear()
         self._typical_at.clear()
+        self._typical_of.clear()
 
     def add_page(self, after: str, page: list[str]) -> None:
         """A probe's answer: its keys, the stretch it listed, and the prefix it lay wholly inside."""
@@ -99,13 +117,13 @@ class _Survey:
                 merged.append(span)
         self.listed = merged
         if full:
-            self.full_pages.append((page[0], page[-1]))
-        self._estimates.clear()
-        self._typical_at.clear()
+            bisect.insort(self.full_pages, (page[0], page[-1]))
+        self._forget()
 
     def crowded(self, node: _Node) -> bool:
         """A whole page lay inside this prefix: only its children can tell how large it is."""
-        return node.listable and any(node.start < first and last <= node.end for first, last in self.full_pages)
+        after = bisect.bisect_right(self.full_pages, (node.start, PAST + PAST))  # the first page past its start
+        return node.listable and after < len(self.full_pages) and self.full_pages[after][1] <= node.end
 
     def _span(self, key: str) -> tuple[str, str] | None:
         at = bisect.bisect_left(self.listed, (key, PAST + PAST)) - 1
@@ -152,6 +170,11 @@ class _Survey:
         return float(PAGE) if seen is None else seen
 
     def _seen_typical(self, node: _Node) -> tuple[float | None, float]:
+        if id(node) not in self._typical_of:
+            self._typical_of[id(node)] = self._work_out_typical(node)
+        return self._typical_of[id(node)]
+
+    def _work_out_typical(self, node: _Node) -> tuple[float | None, float]:
         """The typical child of ``node`` and how much a look at one is worth per key: twice as
         much if it was sized only as a share of what its parent was estimated to hold (one
         DAG run holding half the keys is the one child of its DAG), half as much if like cousins
@@ -178,16 +201,18 @@ class _Survey:
             elif child.children:
                 yield from self._sized_at(child, depth)
 
-    def next_request(self, least: float) -> tuple[str, _Node, float] | None:
-        """The most useful request, ``(action, node, keys node is estimated to hold)``: a listing
-        of a prefix a page lay inside first, else whatever holds the most estimated keys (if more
-        than ``least``). Actions: ``"probe"`` a page from the node's start (or past the keys shown
-        in it), ``"list"`` its children, ``"more"`` the children after those a listing named."""
-        best: tuple[float, str, _Node, float] | None = None
-        for candidate in self._candidates(self.root, self.estimate(self.root)):
-            if candidate[0] > least and (best is None or candidate[0] > best[0]):
-                best = candidate
-        return None if best is None else best[1:]
+    def next_requests(self, least: float, most: int) -> list[_Step]:
+        """The ``most`` most useful requests, ``(action, node, keys node is estimated to hold)``,
+        on distinct nodes: listings of prefixes a page lay inside first, then whatever holds the
+        most estimated keys (if more than ``least``). Actions: ``"probe"`` a page from the node's
+        start (or past the keys shown in it), ``"list"`` its children, ``"more"`` the children
+        after those a listing named."""
+        candidates = [c for c in self._candidates(self.root, self.estimate(self.root)) if c[0] > least]
+        chosen: dict[int, _Step] = {}
+        for _, action, node, keys in sorted(candidates, key=lambda candidate: -candidate[0]):
+            if len(chosen) < most:
+                chosen.setdefault(id(node), (action, node, keys))
+        return list(chosen.values())
 
     def _candidates(self, node: _Node, weight: float) -> Iterator[tuple[float, str, _Node, float]]:
         if self.covered(node):
@@ -243,6 +268,21 @@ class _Survey:
         yield from ((key, 1.0) for key in rest)
 
 
+async def _ask(transport: Any, fs: Any, base: str, step: _Step, probe_start: str) -> tuple[list[str], int]:
+    """One step's answer: a probe's page from ``probe_start`` (keys relative to ``base``), or a
+    listing's prefixes (full paths), and the listing requests it took."""
+    action, node, _ = step
+    if action == "probe":
+        return await _page(transport, fs, base, probe_start), 1
+    after = None
+    if action == "more":
+        assert node.children
+        after = base + node.children[-1].start
+    found: list[str]
+    found, requests = await transport.list_prefixes(fs, base + node.start, max_pages=1, start_after=after)
+    return found, requests
+
+
 async def _page(transport: Any, fs: Any, base: str, after: str) -> list[str]:
     """The first listing page after ``after`` (one request), keys relative to ``base``."""
     pages = transport.list_pages(fs, base, base + after if after else None)
@@ -278,32 +318,26 @@ async def discover(transport: Any, fs: Any, base: str, shards: int = 1) -> tuple
             top.children = _children(base, top, found, more < pages or len(found) < PAGE * pages)
     # one shard needs no cuts: its units only size the index parts until its sweep counts them
     probes = shards > 1 and not type(transport).__name__.startswith("Azure")
-    while probes and requests < discovery_budget(shards, survey.estimate(survey.root)):
+    while probes and (allowed := discovery_budget(shards, survey.estimate(survey.root))) > requests:
         least = survey.estimate(survey.root) / (32 * max(shards, 1))
-        step = survey.next_request(least)
-        if step is None:
+        steps = survey.next_requests(least, min(allowed - requests, max(1, allowed // ROUNDS)))
+        if not steps:
             break
-        action, node, keys = step
-        if action == "probe":
-            after = survey.probe_start(node)
-            survey.add_page(after, await _page(transport, fs, base, after))
-            requests += 1
-        elif action == "list":
-            if not survey.reached(node):
-                node.prior = keys
-            found, more = await transport.list_prefixes(fs, base + node.start, max_pages=1)
+        starts = [survey.probe_start(node) for _, node, _ in steps]  # before any answer is added
+        asking = (_ask(transport, fs, base, step, at) for step, at in zip(steps, starts, strict=True))
+        answers = await asyncio.gather(*asking)
+        for (action, node, keys), at, (found, more) in zip(steps, starts, answers, strict=True):
             requests += more
-            node.children = _children(base, node, found, len(found) < PAGE)
-            survey.learnt()
-        else:  # "more": the listing of ``node``'s children goes on after the ones named
-            assert node.children
-            rest = node.children[-1]
-            found, more = await transport.list_prefixes(
-                fs, base + node.start, max_pages=1, start_after=base + rest.start
-            )
-            requests += more
-            node.children[-1:] = _children(base, rest, found, len(found) < PAGE)
-            survey.learnt()
+            if action == "probe":
+                survey.add_page(at, found)
+            elif action == "list":
+                if not survey.reached(node):
+                    node.prior = keys
+                node.children = _children(base, node, found, len(found) < PAGE)
+            else:  # "more": the listing of ``node``'s children goes on after the ones named
+                assert node.children
+                node.children[-1:] = _children(base, node.children[-1], found, len(found) < PAGE)
+        survey.learnt()
     return _cut(list(survey.pieces(survey.root, survey.estimate(survey.root))), shards), requests
 
 

@@ -259,8 +259,9 @@ class _Sweep:
     async def run(self, fs: Any) -> None:
         plan, discovery_requests = await self.index.plan(self.store, fs, self.options.shard[1])
         self.counts.list_requests += discovery_requests
-        units = await self.index.unswept(plan, plan.shard_units(*self.options.shard))
-        self.report.units_skipped = len(plan.shard_units(*self.options.shard)) - len(units)
+        mine = plan.shard_units(*self.options.shard)
+        units = await self.index.unswept(plan, mine)
+        self.report.units_skipped = len(mine) - len(units)
         stretches = _stretches(units)  # one, unless a shard started again skips swept units
         per_stretch = max(1, self.options.list_concurrency // max(len(stretches), 1))
         listers = [group for stretch in stretches for group in plan.lister_groups(stretch, per_stretch)]
