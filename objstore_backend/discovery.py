@@ -14,8 +14,8 @@ index) from two kinds of listing request:
 It refines whatever holds the most estimated keys: the middle of the largest run of siblings
 not looked at yet, or the children of the largest prefix no page has passed, in about
 :data:`ROUNDS` rounds of requests sent together. Siblings are alike in Airflow's layout (runs of
-one DAG, indices of one mapped task),
-so a few samples place the cuts; the outlier is found because the refining follows the weight.
+one DAG, indices of one mapped task), so a few samples place the cuts; the outlier is found
+because the refining follows the weight.
 
 The budget (:func:`discovery_budget`) keeps a first run within the listing bound of every run:
 all shards together list the bucket about once, plus at most 3 requests per shard.
