@@ -231,8 +231,8 @@ class _Survey:
         unsampled: list[_Node] = []
         for child in [*node.children, None]:
             if child is not None and not child.listable and not self.covered(child):
-                # the rest of a long listing: name the next page of children
-                yield self.estimate(child, typical), "more", node, weight
+                # the rest of a long listing, first: nothing in it can be cut before it is named
+                yield float("inf"), "more", node, weight
                 continue
             if child is not None and not self.known(child) and not self.reached(child):
                 unsampled.append(child)

@@ -329,11 +329,32 @@ def test_the_first_plan_is_balanced_on_gcs_and_the_local_disk_too(
     store = ObjectStore(url, options)
     keys = one_run_holds_half(1600)
     seed(store, keys)
-    plan, requests = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), shards))
-    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
-    sizes = [sum(per_unit[u] for u in plan.shard_units(i, shards)) for i in range(shards)]
+    sizes, requests = first_plan_sizes(store, keys, shards)
     assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / shards, sizes
     assert requests <= discovery_budget(shards)
+
+
+def first_plan_sizes(store: ObjectStore, keys: list[str], shards: int) -> tuple[list[int], int]:
+    """The keys each shard of a discovered first plan would scan, and the discovery's requests."""
+    plan, requests = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), shards))
+    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
+    return [sum(per_unit[u] for u in plan.shard_units(i, shards)) for i in range(shards)], requests
+
+
+def test_the_first_plan_names_more_dags_than_its_first_listing_does(s3_bucket: str, s3_options: dict[str, Any]) -> None:
+    """14,000 DAGs: the first listing of them takes 8 pages of 1,000; the rest is listed on before
+    anything is probed (it was sized as one more page of DAGs and left as one unit: 1.86x)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    dags = 14_000
+    keys = [f"task/d{i % dags:05}/r{i // dags}/t/-1/k" for i in range(3 * dags)]
+    moto_s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]  # straight into the server: 42,000 PUTs take minutes
+    for key in keys:
+        moto_s3.put_object(s3_bucket, f"state/{key}", b"1", disable_notification=True)
+    sizes, requests = first_plan_sizes(ObjectStore(f"s3://{s3_bucket}/state", s3_options), keys, 4)
+    assert sum(sizes) == len(keys) and max(sizes) <= 1.2 * len(keys) / 4, sizes
+    assert requests <= discovery_budget(4, len(keys))
 
 
 def _heads(moto: Any) -> Counter[str]:
@@ -512,9 +533,7 @@ def test_the_first_plan_pages_on_through_a_prefix_of_many_keys_on_gcs(
     keys = [f"task/big/manual/t/-1/k{i:05}" for i in range(2500)]  # one map index: keys, no prefixes
     keys += [f"task/dag{i % 12:02}/run{i // 120:03}/t/-1/k{i}" for i in range(500)]
     seed(store, keys)
-    plan, _ = store._run(lambda fs: discover(store.transport, fs, store.full_path(""), 16))
-    per_unit = Counter(bisect.bisect_left(plan.bounds, key) for key in keys)
-    sizes = [sum(per_unit[u] for u in plan.shard_units(i, 16)) for i in range(16)]
+    sizes, _ = first_plan_sizes(store, keys, 16)
     assert sum(sizes) == len(keys) and max(sizes) <= 1.5 * len(keys) / 16, sizes
 
 
