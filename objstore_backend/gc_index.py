@@ -49,7 +49,7 @@ import orjson
 from objstore_backend.discovery import discover
 from objstore_backend.errors import CorruptObjectError
 from objstore_backend.layout import RESERVED_PREFIX
-from objstore_backend.partition import KeyRange, Plan, rebalance, unit_target
+from objstore_backend.partition import KeyRange, Plan, next_plan
 from objstore_backend.store import ObjectMetadata, ObjectStore
 from objstore_backend.transports import S3Transport, Transport
 
@@ -435,9 +435,8 @@ class SweepIndex:
         for unit in plan.previous_units:
             if unit.ident not in current and (old := await self.manifest(unit)) is not None:
                 await self.location.delete([p.name for p in old.parts if p.name] + [_manifest_name(unit)])
-        if not plan.observed or max(counts) > 2 * unit_target(sum(counts)):
-            new = rebalance(pieces, plan)
-            logger.info("gc index: the next run's plan: %d units rebalanced into %d", len(plan.units), len(new.units))
+        if (new := next_plan(plan, pieces, counts)) is not None:
+            logger.info("gc index: the next run's plan: %d units, %d before", len(new.units), len(plan.units))
             await self._create(_plan_name(new.generation), "plan", new.to_dict())
             await self._write_current(new.generation)
             if plan.generation > 0:  # and its claim, if a discovery made it

@@ -8,8 +8,8 @@ last sweep saw in each, or a discovery's estimates), and its listers each list a
 of the shard's units in one listing, so N shards together list the bucket about once.
 
 A first plan comes from a discovery (:mod:`objstore_backend.discovery`); later plans from what a
-sweep observed
-(:func:`rebalance`), which cuts units of about :func:`unit_target` counted keys. Every shard
+sweep observed (:func:`next_plan`): units cut again at about :func:`unit_target` counted keys, or
+the same units weighed by their new counts. Every shard
 computes the same ranges from the same plan: every shard of a run uses the plan the run began
 with, and a new plan takes effect from the next run (see :mod:`objstore_backend.gc_index`).
 """
@@ -22,10 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KeyRange", "Plan", "balanced_cuts", "rebalance", "unit_target"]
+__all__ = ["KeyRange", "Plan", "balanced_cuts", "next_plan", "rebalance", "unit_target"]
 
 #: A lister gets at least this many keys (ten listing pages) when the weights are key counts.
 MIN_KEYS_PER_LISTER = 10_000
+
+#: The share of a bucket's keys that may move between units (a DAG deleted, another grown)
+#: before the next run's plan takes the new counts.
+DRIFT = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +186,21 @@ def rebalance(pieces: Sequence[tuple[KeyRange, int]], previous: Plan) -> Plan:
             held = 0
     weights.append(held)
     return Plan(tuple(bounds), tuple(weights), True, target, previous.generation + 1, previous.bounds)
+
+
+def next_plan(plan: Plan, pieces: Sequence[tuple[KeyRange, int]], counts: Sequence[int]) -> Plan | None:
+    """The plan the next run takes after a complete sweep under ``plan``, or None to keep it.
+
+    ``pieces``: the parts of the sweep's index with their keys, in key order; ``counts``: the keys
+    of each unit. Units are cut again (:func:`rebalance`) when they came from a discovery or one
+    outgrew twice :func:`unit_target`; they keep their bounds but take the counts as weights when
+    more than :data:`DRIFT` of the keys moved between them (units a deleted DAG left empty would
+    otherwise weigh what they held, and the shards that own them idle every night).
+    """
+    total = sum(counts)
+    if not plan.observed or max(counts, default=0) > 2 * unit_target(total):
+        return rebalance(pieces, plan)
+    moved = sum(abs(count - weight) for count, weight in zip(counts, plan.weights, strict=True))
+    if moved <= DRIFT * max(total, sum(plan.weights)):
+        return None
+    return Plan(plan.bounds, tuple(counts), True, plan.part_size, plan.generation + 1, plan.bounds)
