@@ -272,6 +272,8 @@ class SweepIndex:
     #: The run as its manifests name it: its id and when it began (set by :meth:`plan`).
     sweep: str | None = None
     _token: str = field(default_factory=lambda: secrets.token_hex(6))
+    #: Manifests :meth:`unswept` read, by unit, until the unit's reader takes its own.
+    _read_before: dict[str, _Manifest | None] = field(default_factory=dict)
 
     @classmethod
     def for_store(cls, store: ObjectStore, url: str | None = None, **options: Any) -> SweepIndex:
@@ -409,7 +411,15 @@ class SweepIndex:
         if self.sweep is None or not self.writable or self.full:
             return list(units)
         manifests = await self._manifests([plan.units[i] for i in units])
-        return [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.sweep]
+        unswept = [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.sweep]
+        self._read_before = {plan.units[i].ident: manifests[i - units.start] for i in unswept}
+        return unswept
+
+    async def manifest_before_sweep(self, unit: KeyRange) -> _Manifest | None:
+        """The manifest ``unit`` had when this shard began (read once: :meth:`unswept` may have)."""
+        if unit.ident in self._read_before:
+            return self._read_before.pop(unit.ident)
+        return await self.manifest(unit)
 
     def cursor(self, plan: Plan, units: range, clean: Callable[[], bool] = lambda: True) -> UnitCursor:
         """A lister's cursor; a unit it publishes while ``clean()`` is False is not marked swept
@@ -466,7 +476,7 @@ class _UnitReader:
     async def load(self) -> None:
         """Read the manifests (small); parts are read when the listing reaches them."""
         self._loaded = True
-        found = await self.index.manifest(self.unit)
+        found = await self.index.manifest_before_sweep(self.unit)
         self.own = None if found is None else found.parts
         if self.index.full or not self.index.entries:
             return

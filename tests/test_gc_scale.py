@@ -461,6 +461,21 @@ def test_a_first_plan_whose_discovery_failed_is_not_left_claimed(
     assert store.fs.find(store.full_path(RESERVED_PREFIX + "claims/")) == []
 
 
+def test_a_shard_of_a_run_reads_each_manifest_once_to_sweep_and_once_to_settle(
+    s3_bucket: str, s3_options: dict[str, Any], moto_server: Any
+) -> None:
+    store = ObjectStore(f"s3://{s3_bucket}/state", s3_options)
+    seed(store, one_run_holds_half(400))
+    for i in range(2):
+        run_gc(store, GCOptions(shard=(i, 2), run_id="night-1"))
+    moto_server.log.clear()
+    report = run_gc(store, GCOptions(shard=(0, 2), run_id="night-2"))
+    reads = Counter(path for method, path, _ in moto_server.log.snapshot() if method == "GET" and "/units/" in path)
+    manifests = {path: count for path, count in reads.items() if path.endswith(".json")}
+    assert report.index_hits > 0 and len(manifests) > 2, reads
+    assert set(manifests.values()) <= {1, 2}, manifests  # the shard's own units: 2 (were 3), the others' 1
+
+
 def test_a_shard_retried_after_a_failure_mid_sweep_skips_what_its_run_swept(
     s3_bucket: str, s3_options: dict[str, Any], moto_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
