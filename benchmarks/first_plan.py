@@ -70,6 +70,12 @@ def a_loop_holds_half(total: int) -> list[str]:
     return keys + [f"task/d{i % 50:02}/r{i // 500:04}/t/-1/k{i}" for i in range(total - len(keys))]
 
 
+def dags_of_eight_keys(total: int) -> list[str]:
+    """Many DAGs of 8 keys (50,000 at 400,000 keys): their listing takes many pages."""
+    dags = max(1, total // 8)
+    return [f"task/d{i % dags:06}/r{i // dags}/t/-1/k{i}" for i in range(total)]
+
+
 def many_small_dags(total: int) -> list[str]:
     """A key per DAG: more DAGs than one delimiter listing names."""
     return [f"task/d{i:07}/r/t/-1/k" for i in range(total)]
@@ -79,6 +85,7 @@ LAYOUTS: dict[str, Callable[[int], list[str]]] = {
     "one run holds half": one_run_holds_half,
     "one DAG holds half": one_dag_holds_half,
     "a 3.4 loop holds half": a_loop_holds_half,
+    "DAGs of 8 keys": dags_of_eight_keys,
     "a key per DAG": many_small_dags,
 }
 
