@@ -410,9 +410,9 @@ class SweepIndex:
         """The units of ``units`` this run has not swept yet (all of them without a run id)."""
         if self.sweep is None or not self.writable or self.full:
             return list(units)
-        manifests = await self._manifests([plan.units[i] for i in units])
-        unswept = [i for i, found in zip(units, manifests, strict=True) if found is None or found.run != self.sweep]
-        self._read_before = {plan.units[i].ident: manifests[i - units.start] for i in unswept}
+        read = dict(zip(units, await self._manifests([plan.units[i] for i in units]), strict=True))
+        unswept = [i for i, found in read.items() if found is None or found.run != self.sweep]
+        self._read_before = {plan.units[i].ident: read[i] for i in unswept}
         return unswept
 
     async def manifest_before_sweep(self, unit: KeyRange) -> _Manifest | None:
